@@ -1,0 +1,239 @@
+//! Command-line arguments. Every option has an environment fallback where an operator
+//! would set it once per host.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use coppice::import::{ImportConfig, StepTimeouts};
+use coppice::names::{Dataset, ImageRef, NameError, TemplateName};
+use coppice::steps::{ImageId, Tools};
+
+#[derive(Debug, Parser)]
+#[command(name = "coppice", version, about = "Build FreeBSD jail templates (ZFS datasets with a @base snapshot) from OCI images")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import an OCI image as template NAME, printing each output line as it arrives.
+    Import(ImportArgs),
+
+    /// Run one step of the import alone, for debugging that step.
+    #[command(subcommand)]
+    Step(StepCommand),
+
+    /// List the ready templates (datasets <jails>/<name>-template with a @base snapshot).
+    Templates(TemplatesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// ZFS dataset under which templates are created as <dataset>/<name>-template.
+    #[arg(long, env = "COPPICE_JAILS_DATASET", default_value = "zroot/jails", value_parser = parse_dataset, global = true)]
+    pub jails_dataset: Dataset,
+
+    /// Path or name of the buildah binary (looked up on PATH when not a path).
+    #[arg(long, env = "COPPICE_BUILDAH", default_value = "buildah", global = true)]
+    pub buildah: PathBuf,
+
+    /// Path or name of the rsync binary.
+    #[arg(long, env = "COPPICE_RSYNC", default_value = "rsync", global = true)]
+    pub rsync: PathBuf,
+
+    /// Path or name of the zfs binary.
+    #[arg(long, env = "COPPICE_ZFS", default_value = "zfs", global = true)]
+    pub zfs: PathBuf,
+
+    /// Image architecture passed to `buildah pull --arch` (for example amd64 or arm64);
+    /// the host's architecture when unset.
+    #[arg(long, env = "COPPICE_ARCH", global = true)]
+    pub arch: Option<String>,
+
+    /// Time limit of the pull step, in seconds.
+    #[arg(long, env = "COPPICE_PULL_TIMEOUT", value_name = "SECONDS", default_value_t = 1800, global = true)]
+    pub pull_timeout: u64,
+
+    /// Time limit of the mount step, in seconds.
+    #[arg(long, env = "COPPICE_MOUNT_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    pub mount_timeout: u64,
+
+    /// Time limit of the rsync step (dataset creation and copy), in seconds.
+    #[arg(long, env = "COPPICE_RSYNC_TIMEOUT", value_name = "SECONDS", default_value_t = 3600, global = true)]
+    pub rsync_timeout: u64,
+
+    /// Time limit of the snapshot step, in seconds.
+    #[arg(long, env = "COPPICE_SNAPSHOT_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    pub snapshot_timeout: u64,
+
+    /// Time limit of the reload step, in seconds.
+    #[arg(long, env = "COPPICE_RELOAD_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    pub reload_timeout: u64,
+
+    /// Time limit of the cleanup step, in seconds.
+    #[arg(long, env = "COPPICE_CLEANUP_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    pub cleanup_timeout: u64,
+
+    /// Time between SIGTERM and SIGKILL when a command is stopped, in seconds.
+    #[arg(long, env = "COPPICE_KILL_GRACE", value_name = "SECONDS", default_value_t = 10, global = true)]
+    pub kill_grace: u64,
+
+    /// Format of the service's own diagnostics on stderr (filtered by RUST_LOG).
+    #[arg(long, env = "COPPICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    pub fn import_config(&self) -> ImportConfig {
+        ImportConfig {
+            tools: Tools {
+                buildah: self.buildah.clone(),
+                rsync: self.rsync.clone(),
+                zfs: self.zfs.clone(),
+            },
+            jails: self.jails_dataset.clone(),
+            arch: self.arch.clone(),
+            timeouts: StepTimeouts {
+                pull: Duration::from_secs(self.pull_timeout),
+                mount: Duration::from_secs(self.mount_timeout),
+                rsync: Duration::from_secs(self.rsync_timeout),
+                snapshot: Duration::from_secs(self.snapshot_timeout),
+                reload: Duration::from_secs(self.reload_timeout),
+                cleanup: Duration::from_secs(self.cleanup_timeout),
+            },
+            grace: Duration::from_secs(self.kill_grace),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print output lines as JSON objects in the log-envelope shape, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Template name: a lowercase letter, then up to 62 lowercase letters, digits, '-' or '_'.
+    #[arg(value_parser = parse_name)]
+    pub name: TemplateName,
+
+    /// Image source: oci:HOST[:PORT]/PATH[:TAG][@DIGEST], for example oci:127.0.0.1:5000/freebsd/base:14.
+    #[arg(value_parser = parse_source)]
+    pub from: ImageRef,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StepCommand {
+    /// Pull the image with `buildah pull --os freebsd` and print its image ID.
+    Pull {
+        /// Image source: oci:HOST[:PORT]/PATH[:TAG][@DIGEST].
+        #[arg(value_parser = parse_source)]
+        from: ImageRef,
+
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+
+    /// Create a working container from a pulled image and mount it; prints the container and its path.
+    Mount {
+        /// Image ID printed by `coppice step pull` (64 hex digits).
+        #[arg(value_parser = parse_image_id)]
+        image_id: ImageId,
+
+        /// Working container name; coppice-<new UUID> when unset.
+        #[arg(long)]
+        container: Option<String>,
+
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+
+    /// Create <jails>/<NAME>-template and rsync a mounted root filesystem into it.
+    Rsync {
+        /// Template name.
+        #[arg(value_parser = parse_name)]
+        name: TemplateName,
+
+        /// Mounted root filesystem to copy, as printed by `coppice step mount`.
+        mount_path: PathBuf,
+
+        /// Image source recorded in the dataset's coppice:from property.
+        #[arg(long, value_parser = parse_source)]
+        from: Option<ImageRef>,
+
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+
+    /// Snapshot <jails>/<NAME>-template@base and print its size.
+    Snapshot {
+        /// Template name.
+        #[arg(value_parser = parse_name)]
+        name: TemplateName,
+
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+
+    /// List the templates from ZFS, as the registry reload does.
+    Reload {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+
+    /// Unmount and remove a working container, and optionally destroy an unfinished template dataset.
+    Cleanup {
+        /// Working container to unmount and remove.
+        #[arg(long)]
+        container: Option<String>,
+
+        /// Destroy <jails>/<NAME>-template and its snapshots (`zfs destroy -r`).
+        #[arg(long, value_name = "NAME", value_parser = parse_name)]
+        destroy: Option<TemplateName>,
+
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TemplatesArgs {
+    /// Print the templates as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_name(value: &str) -> Result<TemplateName, NameError> {
+    TemplateName::parse(value)
+}
+
+fn parse_source(value: &str) -> Result<ImageRef, NameError> {
+    ImageRef::parse_source(value)
+}
+
+fn parse_dataset(value: &str) -> Result<Dataset, NameError> {
+    Dataset::parse(value)
+}
+
+fn parse_image_id(value: &str) -> Result<ImageId, String> {
+    ImageId::parse(value).ok_or_else(|| {
+        format!("invalid image ID {value:?}: use the 64 lowercase hex digits that `coppice step pull` prints")
+    })
+}
