@@ -1,0 +1,6 @@
+//! Integration tests: the real buildah, rsync and zfs against the loopback registry.
+//! `scripts/setup` prepares the machine and `scripts/test` runs these.
+
+mod import;
+mod support;
+mod tree;
