@@ -7,9 +7,11 @@
 //! ones, never the reverse.
 
 pub mod exec;
+pub mod health;
 pub mod import;
 pub mod line;
 pub mod names;
 pub mod split;
 pub mod steps;
+pub mod sweep;
 pub mod templates;

@@ -11,7 +11,7 @@ mod snapshot;
 
 pub use cleanup::{destroy_command, destroy_dataset, remove_container, rm_command, umount_command};
 pub use context::{StepContext, StepError, Tools, run_step_command};
-pub use mount::{ContainerName, Mounted, from_command, mount, mount_command};
+pub use mount::{CONTAINER_PREFIX, ContainerName, Mounted, from_command, mount, mount_command};
 pub use pull::{ImageId, pull, pull_command, parse_image_id};
 pub use reload::{Template, list_command, list_templates, parse_templates};
 pub use rsync::{

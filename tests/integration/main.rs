@@ -3,4 +3,5 @@
 
 mod import;
 mod support;
+mod sweep;
 mod tree;
