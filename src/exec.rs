@@ -33,6 +33,10 @@ use crate::split::LineSplitter;
 /// How many of the last stderr lines an error keeps.
 const STDERR_TAIL_LINES: usize = 5;
 
+/// How many of the last stderr lines an error message shows, and how much of each.
+const MESSAGE_LINES: usize = 3;
+const MESSAGE_LINE_CHARS: usize = 300;
+
 /// Size of one read from a pipe.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -216,10 +220,23 @@ impl ExecError {
     }
 }
 
+/// Formats the last few stderr lines for an error message. The cause is often not the
+/// very last line: rsync reports a full disk, then the broken pipe that followed it.
 fn last_line_suffix(stderr_tail: &[String]) -> String {
-    match stderr_tail.iter().rev().find(|line| !line.trim().is_empty()) {
-        Some(line) => format!(": {}", line.trim()),
-        None => String::new(),
+    let lines: Vec<String> = stderr_tail
+        .iter()
+        .map(|line| line.trim())
+        .filter(|line| !line.is_empty())
+        .map(|line| shorten(line, MESSAGE_LINE_CHARS))
+        .collect();
+    let shown = &lines[lines.len().saturating_sub(MESSAGE_LINES)..];
+    if shown.is_empty() { String::new() } else { format!(": {}", shown.join(" / ")) }
+}
+
+fn shorten(line: &str, max_chars: usize) -> String {
+    match line.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_owned(),
     }
 }
 

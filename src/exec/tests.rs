@@ -115,7 +115,7 @@ async fn exit_code_is_an_error_with_stderr_tail() {
         }
         other => panic!("expected Failed, got {other:?}"),
     }
-    assert!(error.to_string().ends_with("exited with code 23: disk full"), "{error}");
+    assert!(error.to_string().ends_with("exited with code 23: one / disk full"), "{error}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Integration tests: the real buildah, rsync and zfs against the loopback registry.
 //! `scripts/setup` prepares the machine and `scripts/test` runs these.
 
+mod faults;
 mod import;
 mod support;
 mod sweep;
