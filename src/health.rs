@@ -19,7 +19,7 @@ pub struct ToolStatus {
     pub path: String,
     /// The tool's version line, or `None` when the tool has no version command.
     pub version: Option<String>,
-    /// Why the tool is unusable; `None` when it works.
+    /// Reason the tool is unusable, or `None` when it works.
     pub error: Option<String>,
 }
 

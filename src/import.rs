@@ -15,7 +15,7 @@ use crate::steps::{self, ContainerName, DatasetProperty, StepContext, StepError,
 use crate::templates::TemplateRegistry;
 
 /// Time limits of the steps. Pull and rsync get long defaults because a slow registry
-/// or a large base system can take many minutes; the rest only talk to local tools.
+/// or a large base system can take many minutes. The other steps only run local tools.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepTimeouts {
     pub pull: Duration,
@@ -108,7 +108,7 @@ pub enum ImportError {
 }
 
 impl ImportError {
-    /// The step the import failed in, when it got that far.
+    /// Returns the step the import failed in, when it got that far.
     pub fn step(&self) -> Option<Step> {
         match self {
             ImportError::InvalidName(_) | ImportError::AlreadyExists { .. } => None,
@@ -122,7 +122,7 @@ impl ImportError {
         matches!(self, ImportError::Cancelled { .. })
     }
 
-    /// The failed command's error, for callers that show its outcome.
+    /// Returns the failed command's error, for callers that show its outcome.
     pub fn exec(&self) -> Option<&ExecError> {
         match self {
             ImportError::Step { source, .. } | ImportError::TimedOut { source, .. } => source.exec(),
@@ -131,7 +131,7 @@ impl ImportError {
     }
 }
 
-/// What the import made so far; cleanup reads it to undo only that.
+/// Record of what the import has created, so that cleanup undoes only that.
 #[derive(Default)]
 struct Progress {
     container: Option<ContainerName>,
@@ -182,8 +182,8 @@ async fn run_steps(
     let runner = StepRunner { config, stamper, options: &options };
 
     let context = runner.enter(Step::Pull);
-    // The dataset check runs before the pull so a taken name fails in a second rather
-    // than after a long download; `zfs create` without -p stays the authoritative check.
+    // The dataset check runs before the pull, so a taken name fails in a second rather
+    // than after a long download. `zfs create` without -p stays the authoritative check.
     if runner.step(Step::Pull, steps::dataset_exists(context, dataset)).await? {
         return Err(ImportError::AlreadyExists { name: request.name.clone(), dataset: dataset.to_string() });
     }
@@ -229,7 +229,7 @@ impl<'a> StepRunner<'a> {
         Self { config, stamper, options }
     }
 
-    /// Starts `step`: logs it, tells the sink, and starts the step's time limit.
+    /// Starts `step`: logs it, notifies the sink, and starts the step's time limit.
     pub fn enter(&self, step: Step) -> StepContext<'a> {
         tracing::info!(step = step.as_str(), "step started");
         self.stamper.step_started(step);

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
 
-/// The longest template name, so that the jail name derived from it stays within
+/// Maximum length of a template name, so that the jail name derived from it stays within
 /// FreeBSD's limits and the dataset name within ZFS's.
 pub const MAX_TEMPLATE_NAME: usize = 63;
 
@@ -96,7 +96,7 @@ impl Serialize for TemplateName {
 ///
 /// Follows the distribution reference grammar (`HOST[:PORT]/PATH[:TAG][@DIGEST]`) with
 /// the registry host required, so that a short name can never be resolved through a
-/// search list to a registry nobody chose.
+/// search list to a registry the caller did not name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ImageRef {
     domain: String,
@@ -156,17 +156,17 @@ impl ImageRef {
         })
     }
 
-    /// The registry host, with its port if one was given.
+    /// Returns the registry host, with its port if one was given.
     pub fn domain(&self) -> &str {
         &self.domain
     }
 
-    /// The reference as `buildah pull` takes it through the `docker://` transport.
+    /// Returns the reference as `buildah pull` takes it through the `docker://` transport.
     pub fn transport_ref(&self) -> String {
         format!("docker://{self}")
     }
 
-    /// The source as the API spells it, `oci:` included.
+    /// Returns the source as the API spells it, `oci:` included.
     pub fn source(&self) -> String {
         format!("{OCI_SCHEME}{self}")
     }
@@ -256,7 +256,7 @@ fn check_domain(domain: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A path component: lowercase alphanumerics joined by '.', '_', "__" or runs of '-'.
+/// Checks a path component: lowercase alphanumerics joined by '.', '_', "__" or runs of '-'.
 fn check_path_component(component: &str) -> Result<(), String> {
     let invalid = || {
         Err(format!(
@@ -354,7 +354,7 @@ impl Dataset {
         Ok(Self(value.to_owned()))
     }
 
-    /// The dataset of template `name` under this jails dataset: `<jails>/<name>-template`.
+    /// Returns the dataset of template `name` under this jails dataset, `<jails>/<name>-template`.
     pub fn template(&self, name: &TemplateName) -> Result<Self, NameError> {
         Self::parse(&format!("{}/{}-template", self.0, name))
     }

@@ -6,7 +6,7 @@
 //! [`MAX_LINE_BYTES`] keeps its first bytes and gets a marker that says how much was
 //! cut, so one runaway line cannot grow memory without bound.
 
-/// The longest line kept whole, in bytes.
+/// Maximum length of a line kept whole, in bytes.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// Incremental line splitter for one stream.

@@ -18,7 +18,7 @@ use crate::steps::{self, BASE_SNAPSHOT, CONTAINER_PREFIX, ContainerName, StepCon
 /// Time limit of each sweep command.
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What a sweep removed and what it failed to remove.
+/// Result of a sweep: the leftovers it removed and the errors it met.
 #[derive(Debug, Default)]
 pub struct SweepReport {
     pub destroyed_datasets: Vec<String>,

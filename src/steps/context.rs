@@ -1,4 +1,4 @@
-//! What every step needs: the tool paths, the log, the run limits, and one error type.
+//! Shared step inputs (the tool paths, the log, the run limits) and the steps' error type.
 
 use std::path::PathBuf;
 
@@ -81,7 +81,7 @@ pub async fn run_step_command(context: StepContext<'_>, command: &Command, captu
     exec::run(command, context.log, &options).await
 }
 
-/// The last non-empty line of `lines`, trimmed.
+/// Returns the last non-empty line of `lines`, trimmed.
 pub(crate) fn last_nonempty(lines: &[String]) -> Option<&str> {
     lines.iter().rev().map(|line| line.trim()).find(|line| !line.is_empty())
 }

@@ -33,7 +33,7 @@ pub fn exists_command(tools: &Tools, dataset: &Dataset) -> Command {
 }
 
 /// Builds the copy. `-aHAX --numeric-ids` keeps modes, owners by number, hard links,
-/// ACLs and extended attributes; the trailing slashes copy the contents of `source`
+/// ACLs and extended attributes. The trailing slashes copy the contents of `source`
 /// into `target` rather than the directory itself.
 pub fn rsync_command(tools: &Tools, source: &Path, target: &Path) -> Command {
     Command::new(&tools.rsync)
