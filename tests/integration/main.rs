@@ -3,6 +3,7 @@
 
 mod faults;
 mod import;
+mod parity;
 mod support;
 mod sweep;
 mod tree;
