@@ -3,12 +3,13 @@
 //!
 //! Layers, lowest first: [`split`] and [`line`] (output lines), [`exec`] (the one
 //! executor), [`steps`] (one file per import step), [`names`] (validated input),
-//! [`import`] (the runner), [`templates`] (the registry). Higher layers import lower
-//! ones, never the reverse.
+//! [`import`] (the runner), [`templates`] (the registry), [`jobs`] (build jobs and their
+//! logs). Higher layers import lower ones, never the reverse.
 
 pub mod exec;
 pub mod health;
 pub mod import;
+pub mod jobs;
 pub mod line;
 pub mod names;
 pub mod split;

@@ -1,0 +1,481 @@
+//! The bounded log of one job, with queries for the logs API and live followers for SSE.
+//!
+//! Lines arrive in `seq` order with no gaps (the import's [`LineStamper`] hands them
+//! out that way), so the retained lines always hold a contiguous run of sequence
+//! numbers. That makes `after=<seq>` index arithmetic, and because timestamps strictly
+//! increase, `since=<ts>` is a binary search.
+//!
+//! [`LineStamper`]: crate::line::LineStamper
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::line::LogLine;
+
+/// Default cap on retained lines per job.
+pub const DEFAULT_MAX_LINES: usize = 10_000;
+
+/// Default cap on retained bytes per job, as counted by [`line_cost`].
+pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Caps of one job's buffer. When either is exceeded the oldest lines are dropped, but
+/// the newest line is always kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_lines: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self { max_lines: DEFAULT_MAX_LINES, max_bytes: DEFAULT_MAX_BYTES }
+    }
+}
+
+/// Returns the memory a retained line is charged: its text and source plus the struct itself.
+pub fn line_cost(line: &LogLine) -> usize {
+    line.text.len() + line.source.len() + size_of::<LogLine>()
+}
+
+/// The newest `seq` pushed and whether the log is complete, as followers watch it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogProgress {
+    pub last_seq: u64,
+    pub closed: bool,
+}
+
+/// The lines a query matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogCursor {
+    /// Every line.
+    Start,
+    /// Lines with a sequence number greater than this.
+    AfterSeq(u64),
+    /// Lines with a timestamp strictly after this instant.
+    Since(DateTime<Utc>),
+}
+
+/// The part of the matching lines a query returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogWindow {
+    /// The oldest N matching lines.
+    First(usize),
+    /// The newest N matching lines.
+    Last(usize),
+}
+
+/// The result of a query, oldest line first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// True when some matching line is missing: cut by the window, or evicted.
+    pub truncated: bool,
+}
+
+/// Lines read by a follower, and how many it missed because they were evicted first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+    pub skipped: u64,
+}
+
+#[derive(Default)]
+struct Retained {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    evicted: u64,
+    /// The `seq` and `ts` of the newest evicted line, which tell whether a cursor
+    /// matched anything that is gone.
+    last_evicted: Option<(u64, DateTime<Utc>)>,
+}
+
+impl Retained {
+    /// Returns the index of the first retained line with `seq > after`.
+    fn index_after(&self, after: u64) -> usize {
+        match self.lines.front() {
+            Some(front) if after >= front.seq => usize::try_from(after - front.seq + 1).map_or(self.lines.len(), |index| index.min(self.lines.len())),
+            _ => 0,
+        }
+    }
+}
+
+/// The retained lines of one job and a watch channel that wakes its followers.
+///
+/// Writers never wait for a follower to consume anything. A push takes the lock
+/// briefly (readers hold it only while copying lines out) and then updates the watch
+/// value, which does not block. Followers keep only a cursor.
+pub struct LogBuffer {
+    limits: LogLimits,
+    retained: Mutex<Retained>,
+    progress: watch::Sender<LogProgress>,
+}
+
+impl LogBuffer {
+    pub fn new(limits: LogLimits) -> Self {
+        let limits = LogLimits { max_lines: limits.max_lines.max(1), max_bytes: limits.max_bytes };
+        Self { limits, retained: Mutex::default(), progress: watch::Sender::new(LogProgress::default()) }
+    }
+
+    /// Appends a line, evicting the oldest ones over the limits. `line.seq` must be one
+    /// more than the previous line's, as [`crate::line::LineStamper`] hands them out.
+    pub fn push(&self, line: LogLine) {
+        let seq = line.seq;
+        let mut retained = self.lock();
+        debug_assert!(retained.lines.back().is_none_or(|last| last.seq + 1 == seq), "log lines must arrive in seq order without gaps");
+
+        retained.bytes += line_cost(&line);
+        retained.lines.push_back(line);
+        while retained.lines.len() > self.limits.max_lines || (retained.bytes > self.limits.max_bytes && retained.lines.len() > 1) {
+            let Some(oldest) = retained.lines.pop_front() else { break };
+            retained.bytes -= line_cost(&oldest);
+            retained.evicted += 1;
+            retained.last_evicted = Some((oldest.seq, oldest.ts));
+        }
+
+        // Updated under the lock so that followers see `last_seq` only once the line is readable.
+        self.progress.send_modify(|progress| progress.last_seq = seq);
+    }
+
+    /// Marks the log complete. Followers drain what is left and then see the end.
+    pub fn close(&self) {
+        let _retained = self.lock();
+        self.progress.send_modify(|progress| progress.closed = true);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.progress.borrow().closed
+    }
+
+    /// Waits until [`close`](Self::close) was called.
+    pub async fn closed(&self) {
+        let mut progress = self.progress.subscribe();
+        // The sender is `self.progress`, alive for as long as `self` is, so this cannot fail.
+        let _ = progress.wait_for(|progress| progress.closed).await;
+    }
+
+    /// Returns how many lines were dropped to stay within the limits.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Returns the lines matching `cursor`, cut to `window`.
+    pub fn query(&self, cursor: LogCursor, window: LogWindow) -> LogPage {
+        let retained = self.lock();
+
+        let (start, evicted_matched) = match cursor {
+            LogCursor::Start => (0, retained.evicted > 0),
+            LogCursor::AfterSeq(after) => {
+                (retained.index_after(after), retained.last_evicted.is_some_and(|(seq, _)| seq > after))
+            }
+            LogCursor::Since(since) => {
+                (retained.lines.partition_point(|line| line.ts <= since), retained.last_evicted.is_some_and(|(_, ts)| ts > since))
+            }
+        };
+
+        let matched = retained.lines.len() - start;
+        let (range, cut) = match window {
+            LogWindow::First(count) => (start..start + count.min(matched), matched > count),
+            LogWindow::Last(count) => (retained.lines.len() - count.min(matched)..retained.lines.len(), matched > count),
+        };
+
+        LogPage { lines: retained.lines.range(range).cloned().collect(), truncated: cut || evicted_matched }
+    }
+
+    /// Returns up to `max` lines with `seq > after`, and how many such lines were evicted.
+    pub fn read_after(&self, after: u64, max: usize) -> LogBatch {
+        let retained = self.lock();
+
+        let start = retained.index_after(after);
+        let skipped = match retained.lines.front() {
+            Some(front) if start == 0 => front.seq.saturating_sub(after + 1),
+            _ => 0,
+        };
+        let end = retained.lines.len().min(start + max);
+
+        LogBatch { lines: retained.lines.range(start..end).cloned().collect(), skipped }
+    }
+
+    /// Starts following the log from just after `after` (0 for the beginning).
+    pub fn follow(self: &Arc<Self>, after: u64) -> LogFollower {
+        LogFollower { buffer: Arc::clone(self), cursor: after, progress: self.progress.subscribe() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Retained> {
+        self.retained.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The result of [`LogFollower::next`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Followed {
+    Lines(LogBatch),
+    /// The log is closed and the follower has read every retained line.
+    Closed,
+}
+
+/// One reader of a live log: a cursor into the shared buffer and a watch receiver.
+pub struct LogFollower {
+    buffer: Arc<LogBuffer>,
+    cursor: u64,
+    progress: watch::Receiver<LogProgress>,
+}
+
+impl LogFollower {
+    /// Waits for lines after the cursor and returns up to `max` of them.
+    ///
+    /// Cancel-safe: the cursor moves only when lines are returned, so dropping the
+    /// future (for a keep-alive or a shutdown) loses nothing.
+    pub async fn next(&mut self, max: usize) -> Followed {
+        loop {
+            // Marking the watch value seen before reading means a line pushed after the
+            // read changes the value again and wakes `changed` below, so none is missed.
+            let closed = self.progress.borrow_and_update().closed;
+
+            let batch = self.buffer.read_after(self.cursor, max);
+            if let Some(last) = batch.lines.last() {
+                self.cursor = last.seq;
+                return Followed::Lines(batch);
+            }
+            if closed {
+                return Followed::Closed;
+            }
+
+            // The sender lives in the buffer this follower holds, so it cannot be dropped.
+            if self.progress.changed().await.is_err() {
+                return Followed::Closed;
+            }
+        }
+    }
+
+    /// Returns the `seq` of the last line returned, or the starting point.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::line::{SOURCE, Step, Stream};
+
+    fn ts(seq: u64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_777_118_400_000_000).unwrap() + TimeDelta::milliseconds(seq as i64)
+    }
+
+    fn line(seq: u64) -> LogLine {
+        LogLine { ts: ts(seq), source: SOURCE.to_owned(), stream: Stream::Stdout, text: format!("line {seq}"), step: Step::Rsync, seq }
+    }
+
+    fn buffer_with(lines: u64, limits: LogLimits) -> LogBuffer {
+        let buffer = LogBuffer::new(limits);
+        for seq in 1..=lines {
+            buffer.push(line(seq));
+        }
+        buffer
+    }
+
+    fn seqs(page: &LogPage) -> Vec<u64> {
+        page.lines.iter().map(|line| line.seq).collect()
+    }
+
+    fn lines_limit(max_lines: usize) -> LogLimits {
+        LogLimits { max_lines, max_bytes: usize::MAX }
+    }
+
+    #[test]
+    fn evicts_oldest_over_line_cap() {
+        let buffer = buffer_with(25, lines_limit(10));
+
+        assert_eq!(buffer.len(), 10);
+        assert_eq!(buffer.evicted(), 15);
+        let page = buffer.query(LogCursor::Start, LogWindow::First(100));
+        assert_eq!(seqs(&page), (16..=25).collect::<Vec<_>>());
+        assert!(page.truncated);
+    }
+
+    #[test]
+    fn evicts_oldest_over_byte_cap() {
+        // Line 10 has the longest text of the ten, so three of any of them fit.
+        let cost = line_cost(&line(10));
+        let buffer = buffer_with(10, LogLimits { max_lines: 100, max_bytes: cost * 3 });
+
+        assert_eq!(buffer.len(), 3);
+        assert_eq!(buffer.evicted(), 7);
+    }
+
+    #[test]
+    fn keeps_newest_line_over_byte_cap() {
+        let buffer = buffer_with(3, LogLimits { max_lines: 100, max_bytes: 1 });
+
+        let page = buffer.query(LogCursor::Start, LogWindow::First(100));
+
+        assert_eq!(seqs(&page), [3]);
+    }
+
+    #[test]
+    fn million_lines_stay_bounded() {
+        let buffer = buffer_with(1_000_000, LogLimits::default());
+
+        assert_eq!(buffer.len(), DEFAULT_MAX_LINES);
+        assert_eq!(buffer.evicted(), 1_000_000 - DEFAULT_MAX_LINES as u64);
+    }
+
+    #[test]
+    fn query_all_not_truncated_when_complete() {
+        let buffer = buffer_with(5, lines_limit(10));
+
+        let page = buffer.query(LogCursor::Start, LogWindow::First(5));
+
+        assert_eq!(seqs(&page), [1, 2, 3, 4, 5]);
+        assert!(!page.truncated);
+    }
+
+    #[test]
+    fn query_limit_cuts_and_truncates() {
+        let buffer = buffer_with(5, lines_limit(10));
+
+        let page = buffer.query(LogCursor::Start, LogWindow::First(2));
+
+        assert_eq!(seqs(&page), [1, 2]);
+        assert!(page.truncated);
+    }
+
+    #[test]
+    fn query_after_seq() {
+        let buffer = buffer_with(20, lines_limit(10));
+
+        let cases: [(u64, Vec<u64>, bool); 6] = [
+            (0, (11..=20).collect(), true),
+            (9, (11..=20).collect(), true),
+            (10, (11..=20).collect(), false),
+            (15, (16..=20).collect(), false),
+            (20, vec![], false),
+            (99, vec![], false),
+        ];
+        for (after, expected, truncated) in cases {
+            let page = buffer.query(LogCursor::AfterSeq(after), LogWindow::First(100));
+            assert_eq!(seqs(&page), expected, "after={after}");
+            assert_eq!(page.truncated, truncated, "after={after}");
+        }
+    }
+
+    #[test]
+    fn query_since_is_strictly_after() {
+        let buffer = buffer_with(20, lines_limit(10));
+
+        let cases: [(DateTime<Utc>, Vec<u64>, bool); 6] = [
+            (ts(0), (11..=20).collect(), true),
+            (ts(9), (11..=20).collect(), true),
+            (ts(10), (11..=20).collect(), false),
+            (ts(15), (16..=20).collect(), false),
+            (ts(15) + TimeDelta::microseconds(1), (16..=20).collect(), false),
+            (ts(20), vec![], false),
+        ];
+        for (since, expected, truncated) in cases {
+            let page = buffer.query(LogCursor::Since(since), LogWindow::First(100));
+            assert_eq!(seqs(&page), expected, "since={since}");
+            assert_eq!(page.truncated, truncated, "since={since}");
+        }
+    }
+
+    #[test]
+    fn query_tail_returns_newest() {
+        let buffer = buffer_with(8, lines_limit(10));
+
+        let last_three = buffer.query(LogCursor::Start, LogWindow::Last(3));
+        let last_ten = buffer.query(LogCursor::Start, LogWindow::Last(10));
+        let after_six = buffer.query(LogCursor::AfterSeq(6), LogWindow::Last(3));
+
+        assert_eq!(seqs(&last_three), [6, 7, 8]);
+        assert!(last_three.truncated);
+        assert_eq!(seqs(&last_ten), (1..=8).collect::<Vec<_>>());
+        assert!(!last_ten.truncated);
+        assert_eq!(seqs(&after_six), [7, 8]);
+        assert!(!after_six.truncated);
+    }
+
+    #[test]
+    fn query_tail_after_eviction_is_truncated() {
+        let buffer = buffer_with(20, lines_limit(10));
+
+        let page = buffer.query(LogCursor::Start, LogWindow::Last(15));
+
+        assert_eq!(seqs(&page), (11..=20).collect::<Vec<_>>());
+        assert!(page.truncated);
+    }
+
+    #[test]
+    fn query_empty_buffer() {
+        let buffer = LogBuffer::new(LogLimits::default());
+
+        let page = buffer.query(LogCursor::Since(ts(1)), LogWindow::Last(10));
+
+        assert!(page.lines.is_empty());
+        assert!(!page.truncated);
+    }
+
+    #[test]
+    fn read_after_reports_skipped_lines() {
+        let buffer = buffer_with(20, lines_limit(10));
+
+        let behind = buffer.read_after(3, 4);
+        let current = buffer.read_after(12, 100);
+
+        assert_eq!(behind.lines.iter().map(|line| line.seq).collect::<Vec<_>>(), [11, 12, 13, 14]);
+        assert_eq!(behind.skipped, 7);
+        assert_eq!(current.lines.len(), 8);
+        assert_eq!(current.skipped, 0);
+    }
+
+    #[tokio::test]
+    async fn follower_reads_replay_then_live_then_closed() {
+        let buffer = Arc::new(buffer_with(3, lines_limit(10)));
+        let mut follower = buffer.follow(1);
+
+        let replay = follower.next(100).await;
+        let writer = {
+            let buffer = Arc::clone(&buffer);
+            tokio::spawn(async move {
+                buffer.push(line(4));
+                buffer.push(line(5));
+                buffer.close();
+            })
+        };
+        let mut live = Vec::new();
+        while let Followed::Lines(batch) = follower.next(1).await {
+            live.extend(batch.lines.iter().map(|line| line.seq));
+        }
+        writer.await.unwrap();
+
+        assert_eq!(replay, Followed::Lines(LogBatch { lines: vec![line(2), line(3)], skipped: 0 }));
+        assert_eq!(live, [4, 5]);
+        assert_eq!(follower.cursor(), 5);
+    }
+
+    #[tokio::test]
+    async fn follower_behind_eviction_sees_gap() {
+        let buffer = Arc::new(buffer_with(3, lines_limit(3)));
+        let mut follower = buffer.follow(0);
+        for seq in 4..=10 {
+            buffer.push(line(seq));
+        }
+
+        let Followed::Lines(batch) = follower.next(100).await else { panic!("expected lines") };
+
+        assert_eq!(batch.lines.iter().map(|line| line.seq).collect::<Vec<_>>(), [8, 9, 10]);
+        assert_eq!(batch.skipped, 7);
+    }
+}

@@ -1,0 +1,17 @@
+//! Build jobs: the job model and lifecycle (queued → running → succeeded | failed),
+//! the atomic reservation of template names, the FIFO queue with its concurrency
+//! limit, and the bounded log of each job with its live followers.
+
+mod job;
+mod log_buffer;
+mod model;
+mod registry;
+mod task;
+
+pub use job::Job;
+pub use log_buffer::{
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, Followed, LogBatch, LogBuffer, LogCursor, LogFollower, LogLimits, LogPage,
+    LogProgress, LogWindow, line_cost,
+};
+pub use model::{FailureKind, JobId, JobStatus, JobView, events_path, job_path, logs_path, template_path};
+pub use registry::{DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_RETAINED_JOBS, JobFilter, JobRegistry, JobsConfig, SubmitError};

@@ -1,0 +1,73 @@
+//! The task of one job: runs the import with the job's log as the line sink.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::job::Job;
+use super::model::FailureKind;
+use super::registry::JobRegistry;
+use crate::import::{self, ImportError, ImportRequest, Imported};
+use crate::line::{LineSink, LineStamper, LogLine, Step};
+
+/// Sends the import's lines into the job's buffer and its step into the job's state.
+struct JobSink<'a> {
+    job: &'a Job,
+}
+
+impl LineSink for JobSink<'_> {
+    fn line(&self, line: LogLine) {
+        self.job.log().push(line);
+    }
+
+    fn step_started(&self, step: Step, _at: DateTime<Utc>) {
+        self.job.set_step(step);
+    }
+}
+
+/// Runs `job` in the slot `permit` holds, records its result, releases its template
+/// name and then closes its log.
+pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: OwnedSemaphorePermit) {
+    let span = tracing::info_span!("job", job = %job.id(), name = %job.name());
+    async move {
+        job.mark_running();
+        tracing::info!("job started");
+
+        // The import runs in its own task so that a panic in it fails this job instead
+        // of leaving it `running` with its name reserved forever.
+        let import = tokio::spawn(import_job(Arc::clone(&registry), Arc::clone(&job)).in_current_span());
+        let result = import.await;
+        drop(permit);
+
+        match result {
+            Ok(Ok(imported)) => {
+                job.record_success(&imported);
+                tracing::info!(snapshot = %imported.snapshot, size_bytes = ?imported.size_bytes, "job succeeded");
+            }
+            Ok(Err(error)) => {
+                job.record_failure(error.to_string(), FailureKind::of(&error));
+                tracing::warn!(step = ?error.step().map(Step::as_str), %error, "job failed");
+            }
+            Err(join_error) => {
+                let error = format!("internal error: the import task ended without a result ({join_error}); see the service log");
+                job.record_failure(error, FailureKind::Internal);
+                tracing::error!(error = %join_error, "import task panicked");
+            }
+        }
+
+        registry.release(&job);
+        job.log().close();
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn import_job(registry: Arc<JobRegistry>, job: Arc<Job>) -> Result<Imported, ImportError> {
+    let sink = JobSink { job: &job };
+    let stamper = LineStamper::new(&sink);
+    let request = ImportRequest { id: job.id().as_uuid(), name: job.name().clone(), from: job.from().clone() };
+
+    import::run_import(registry.import_config(), &request, &stamper, job.cancel_token(), registry.templates()).await
+}
