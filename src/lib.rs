@@ -4,10 +4,11 @@
 //! Layers, lowest first: [`split`] and [`line`] (output lines), [`exec`] (the one
 //! executor), [`steps`] (one file per import step), [`names`] (validated input),
 //! [`import`] (the runner), [`templates`] (the registry), [`jobs`] (build jobs and their
-//! logs). Higher layers import lower ones, never the reverse.
+//! logs), [`http`] (the API server). Higher layers import lower ones, never the reverse.
 
 pub mod exec;
 pub mod health;
+pub mod http;
 pub mod import;
 pub mod jobs;
 pub mod line;
