@@ -7,11 +7,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::args::{Cli, LogFormat};
+use cli::args::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.global.log_format);
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(cli.global.log_format, default_filter);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -23,10 +27,11 @@ fn main() -> ExitCode {
     runtime.block_on(cli::run(cli))
 }
 
-/// Sends the service's own diagnostics to stderr, filtered by RUST_LOG (default: warn
-/// for the CLI commands, whose output lines already show what runs).
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+/// Sends the service's own diagnostics to stderr, filtered by RUST_LOG. Without it the
+/// filter is `default_filter`: warn for the CLI commands, whose output lines already
+/// show what runs, and info for the server, whose operators need its lifecycle events.
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

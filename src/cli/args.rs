@@ -1,12 +1,17 @@
 //! Command-line arguments. Every option has an environment fallback where an operator
 //! would set it once per host.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use coppice::import::{ImportConfig, StepTimeouts};
+use coppice::jobs::{
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_MAX_LINES, DEFAULT_RETAINED_JOBS, JobsConfig, LogLimits,
+};
 use coppice::names::{Dataset, ImageRef, NameError, TemplateName};
 use coppice::steps::{ImageId, Tools};
 
@@ -31,6 +36,9 @@ pub enum Command {
 
     /// List the ready templates (datasets <jails>/<name>-template with a @base snapshot).
     Templates(TemplatesArgs),
+
+    /// Serve the HTTP job API: start builds, follow their logs, and list templates.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +219,42 @@ pub enum StepCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port the HTTP API listens on. The API has no authentication, so keep
+    /// it on loopback unless an authenticating proxy sits in front of it.
+    #[arg(long, env = "COPPICE_LISTEN", value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Imports that run at once; further builds wait as `queued`, first in first out.
+    #[arg(long, env = "COPPICE_MAX_CONCURRENT_BUILDS", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONCURRENT_BUILDS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_concurrent_builds: usize,
+
+    /// Log lines kept per job; the oldest lines are dropped beyond this.
+    #[arg(long, env = "COPPICE_LOG_LINES", value_name = "COUNT", default_value_t = DEFAULT_MAX_LINES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub log_lines: usize,
+
+    /// Log memory kept per job, in bytes (each line's text plus a fixed per-line
+    /// overhead); the oldest lines are dropped beyond this.
+    #[arg(long, env = "COPPICE_LOG_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub log_bytes: usize,
+
+    /// Finished jobs kept in memory for clients to inspect; the oldest finished job is
+    /// dropped beyond this. Queued and running jobs are always kept.
+    #[arg(long, env = "COPPICE_RETAINED_JOBS", value_name = "COUNT", default_value_t = DEFAULT_RETAINED_JOBS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub retained_jobs: usize,
+}
+
+impl ServeArgs {
+    pub fn jobs_config(&self) -> JobsConfig {
+        JobsConfig {
+            max_concurrent_builds: self.max_concurrent_builds,
+            log_limits: LogLimits { max_lines: self.log_lines, max_bytes: self.log_bytes },
+            retained_jobs: self.retained_jobs,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -14,9 +14,10 @@ use coppice::templates::TemplateRegistry;
 
 use super::args::{Cli, Command, ImportArgs, StepCommand, TemplatesArgs};
 use super::print::PrintSink;
+use super::serve::serve;
 
 /// Exit status of a failed import or step.
-const EXIT_FAILED: u8 = 1;
+pub(super) const EXIT_FAILED: u8 = 1;
 /// Exit status of bad input found before any command ran.
 const EXIT_USAGE: u8 = 2;
 /// Exit status after SIGINT or SIGTERM stopped the work, as shells report a SIGINT death.
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Import(args) => import(&config, args).await,
         Command::Step(step) => run_step(&config, step).await,
         Command::Templates(args) => templates(&config, args).await,
+        Command::Serve(args) => serve(config, args).await,
     }
 }
 
