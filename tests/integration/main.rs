@@ -2,6 +2,8 @@
 //! `scripts/setup` prepares the machine and `scripts/test` runs these.
 
 mod faults;
+mod http;
+mod http_support;
 mod import;
 mod parity;
 mod support;
