@@ -75,6 +75,15 @@ pub struct LogPage {
     pub truncated: bool,
 }
 
+/// How many lines a buffer evicted, and the `seq` and `ts` of the newest of them.
+/// The durable store keeps it with a job's lines, so that a restored log reports
+/// `truncated` exactly as the original did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Eviction {
+    pub count: u64,
+    pub last: Option<(u64, DateTime<Utc>)>,
+}
+
 /// Lines read by a follower, and how many it missed because they were evicted first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogBatch {
@@ -119,6 +128,23 @@ impl LogBuffer {
         Self { limits, retained: Mutex::default(), progress: watch::Sender::new(LogProgress::default()) }
     }
 
+    /// Rebuilds the closed log of a finished job from stored lines. `lines` must be in
+    /// `seq` order without gaps, and `eviction` must describe the lines evicted before
+    /// them. Lines over `limits` are evicted again, oldest first.
+    pub fn restored(limits: LogLimits, eviction: Eviction, lines: impl IntoIterator<Item = LogLine>) -> Self {
+        let buffer = Self::new(limits);
+        {
+            let mut retained = buffer.lock();
+            retained.evicted = eviction.count;
+            retained.last_evicted = eviction.last;
+        }
+        for line in lines {
+            buffer.push(line);
+        }
+        buffer.close();
+        buffer
+    }
+
     /// Appends a line, evicting the oldest ones over the limits. `line.seq` must be one
     /// more than the previous line's, as [`crate::line::LineStamper`] hands them out.
     pub fn push(&self, line: LogLine) {
@@ -159,6 +185,12 @@ impl LogBuffer {
     /// Returns how many lines were dropped to stay within the limits.
     pub fn evicted(&self) -> u64 {
         self.lock().evicted
+    }
+
+    /// Returns how many lines were dropped and the newest dropped line.
+    pub fn eviction(&self) -> Eviction {
+        let retained = self.lock();
+        Eviction { count: retained.evicted, last: retained.last_evicted }
     }
 
     pub fn len(&self) -> usize {
@@ -256,6 +288,14 @@ impl LogFollower {
                 return Followed::Closed;
             }
         }
+    }
+
+    /// Returns up to `max` lines after the cursor without waiting, or `None` when no
+    /// new line is there yet.
+    pub fn try_next(&mut self, max: usize) -> Option<LogBatch> {
+        let batch = self.buffer.read_after(self.cursor, max);
+        self.cursor = batch.lines.last()?.seq;
+        Some(batch)
     }
 
     /// Returns the `seq` of the last line returned, or the starting point.
@@ -477,5 +517,49 @@ mod tests {
 
         assert_eq!(batch.lines.iter().map(|line| line.seq).collect::<Vec<_>>(), [8, 9, 10]);
         assert_eq!(batch.skipped, 7);
+    }
+
+    #[test]
+    fn restored_log_queries_like_the_original() {
+        let original = buffer_with(25, lines_limit(10));
+        original.close();
+        let retained = original.query(LogCursor::Start, LogWindow::First(100)).lines;
+
+        let restored = LogBuffer::restored(lines_limit(10), original.eviction(), retained);
+
+        assert!(restored.is_closed());
+        assert_eq!(restored.eviction(), original.eviction());
+        let cursors = [LogCursor::Start, LogCursor::AfterSeq(14), LogCursor::AfterSeq(15), LogCursor::Since(ts(15)), LogCursor::Since(ts(14))];
+        for cursor in cursors {
+            for window in [LogWindow::First(3), LogWindow::Last(3), LogWindow::First(100)] {
+                assert_eq!(restored.query(cursor, window), original.query(cursor, window), "{cursor:?} {window:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn restored_log_applies_smaller_limits() {
+        let lines: Vec<LogLine> = (6..=10).map(line).collect();
+        let eviction = Eviction { count: 5, last: Some((5, ts(5))) };
+
+        let restored = LogBuffer::restored(lines_limit(2), eviction, lines);
+
+        assert_eq!(seqs(&restored.query(LogCursor::Start, LogWindow::First(100))), [9, 10]);
+        assert_eq!(restored.eviction(), Eviction { count: 8, last: Some((8, ts(8))) });
+    }
+
+    #[test]
+    fn try_next_reads_without_waiting() {
+        let buffer = Arc::new(buffer_with(3, lines_limit(10)));
+        let mut follower = buffer.follow(0);
+
+        let first = follower.try_next(2);
+        let second = follower.try_next(10);
+        let empty = follower.try_next(10);
+
+        assert_eq!(first.map(|batch| batch.lines), Some(vec![line(1), line(2)]));
+        assert_eq!(second.map(|batch| batch.lines), Some(vec![line(3)]));
+        assert_eq!(empty, None);
+        assert_eq!(follower.cursor(), 3);
     }
 }

@@ -10,8 +10,8 @@ mod task;
 
 pub use job::Job;
 pub use log_buffer::{
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, Followed, LogBatch, LogBuffer, LogCursor, LogFollower, LogLimits, LogPage,
-    LogProgress, LogWindow, line_cost,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, Eviction, Followed, LogBatch, LogBuffer, LogCursor, LogFollower, LogLimits,
+    LogPage, LogProgress, LogWindow, line_cost,
 };
 pub use model::{FailureKind, JobId, JobStatus, JobView, events_path, job_path, logs_path, template_path};
 pub use registry::{DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_RETAINED_JOBS, JobFilter, JobRegistry, JobsConfig, SubmitError};
