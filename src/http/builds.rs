@@ -76,6 +76,7 @@ fn build_failed(view: JobView) -> ApiError {
         Some(FailureKind::AlreadyExists) => StatusCode::CONFLICT,
         Some(FailureKind::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
         Some(FailureKind::Cancelled) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(FailureKind::Interrupted) => StatusCode::SERVICE_UNAVAILABLE,
         Some(FailureKind::StepFailed | FailureKind::Internal) | None => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let error = view.error.unwrap_or_else(|| "the build failed without an error message".to_owned());

@@ -1,11 +1,13 @@
 //! Build jobs: the job model and lifecycle (queued → running → succeeded | failed),
 //! the atomic reservation of template names, the FIFO queue with its concurrency
-//! limit, and the bounded log of each job with its live followers.
+//! limit, the bounded log of each job with its live followers, and the durable
+//! history of every job in SQLite.
 
 mod job;
 mod log_buffer;
 mod model;
 mod registry;
+mod store;
 mod task;
 
 pub use job::Job;
@@ -15,3 +17,7 @@ pub use log_buffer::{
 };
 pub use model::{FailureKind, JobId, JobStatus, JobView, events_path, job_path, logs_path, template_path};
 pub use registry::{DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_RETAINED_JOBS, JobFilter, JobRegistry, JobsConfig, SubmitError};
+pub use store::{
+    DATABASE_FILE, DEFAULT_HISTORY_MAX_AGE_DAYS, DEFAULT_HISTORY_MAX_JOBS, DEFAULT_STATE_DIR, HistoryBounds, JobRecord,
+    LOCK_FILE, Store, StoreError, StoredJob, interrupted_error,
+};

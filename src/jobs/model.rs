@@ -98,6 +98,8 @@ pub enum FailureKind {
     TimedOut,
     /// The job's cancel token stopped the import.
     Cancelled,
+    /// The server shut down while the job was queued or running.
+    Interrupted,
     /// A step's command failed or printed something unexpected.
     StepFailed,
     /// The job's task ended without a result, which is a bug in the service.
