@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::log_buffer::{LogBuffer, LogLimits};
 use super::model::{FailureKind, JobId, JobStatus, JobView, events_path, logs_path, template_path};
+use super::store::StoredJob;
 use crate::import::Imported;
 use crate::line::Step;
 use crate::names::{ImageRef, TemplateName};
@@ -59,6 +60,32 @@ impl Job {
                 failure: None,
             }),
         }
+    }
+
+    /// Rebuilds a finished job from the job history, with its log closed. Its
+    /// `template` stays unset, since only the import's reload step fills that in.
+    pub(super) fn restore(stored: StoredJob, limits: LogLimits) -> Self {
+        let StoredJob { record, lines, eviction } = stored;
+
+        // Starting from a new job keeps every field a restored job does not store at
+        // the value a new job has.
+        let mut job = Self::new(record.number, record.name, record.from, limits);
+        job.id = record.id;
+        job.created_at = record.created_at;
+        job.log = Arc::new(LogBuffer::restored(limits, eviction, lines));
+
+        {
+            let mut state = job.lock();
+            state.status = record.status;
+            state.started_at = record.started_at;
+            state.finished_at = record.finished_at;
+            state.step = record.step;
+            state.snapshot = record.snapshot;
+            state.size_bytes = record.size_bytes;
+            state.error = record.error;
+            state.failure = record.failure;
+        }
+        job
     }
 
     pub fn id(&self) -> JobId {

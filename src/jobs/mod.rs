@@ -3,6 +3,7 @@
 //! limit, the bounded log of each job with its live followers, and the durable
 //! history of every job in SQLite.
 
+mod history;
 mod job;
 mod log_buffer;
 mod model;
@@ -10,6 +11,7 @@ mod registry;
 mod store;
 mod task;
 
+pub use history::{FLUSH_INTERVAL, History, OpenedHistory, Recovered, open_history};
 pub use job::Job;
 pub use log_buffer::{
     DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, Eviction, Followed, LogBatch, LogBuffer, LogCursor, LogFollower, LogLimits,

@@ -2,13 +2,15 @@
 //! queue with its concurrency limit, and the retention of finished jobs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::{Semaphore, mpsc};
 
+use super::history::{History, LogPersister, Recovered};
 use super::job::Job;
 use super::log_buffer::LogLimits;
 use super::model::{JobId, JobStatus, JobView};
+use super::store::JobRecord;
 use super::task::run_job;
 use crate::import::ImportConfig;
 use crate::names::{ImageRef, NameError, TemplateName};
@@ -77,6 +79,8 @@ pub struct JobRegistry {
     config: JobsConfig,
     templates: Arc<TemplateRegistry>,
     inner: Mutex<Inner>,
+    /// The durable history every job is recorded in, when the server has one.
+    history: OnceLock<History>,
 }
 
 impl JobRegistry {
@@ -99,11 +103,48 @@ impl JobRegistry {
                 next_number: 0,
                 queue,
             }),
+            history: OnceLock::new(),
         });
 
         let slots = Arc::new(Semaphore::new(config.max_concurrent_builds));
         tokio::spawn(dispatch(Arc::downgrade(&registry), receiver, slots));
         registry
+    }
+
+    /// Creates the registry with the finished jobs of an earlier run, and records
+    /// every job from now on in `history`.
+    pub fn start_with_history(
+        import: ImportConfig,
+        config: JobsConfig,
+        templates: Arc<TemplateRegistry>,
+        history: History,
+        recovered: Recovered,
+    ) -> Arc<Self> {
+        let registry = Self::start(import, config, templates);
+        registry.restore(recovered);
+        // The registry was created just above, so the history is not set yet.
+        let _ = registry.history.set(history);
+        registry
+    }
+
+    /// Adds finished jobs read from the history, oldest first, so that every route
+    /// serves them as before. New jobs are numbered after all stored ones, which keeps
+    /// listings newest first.
+    fn restore(&self, recovered: Recovered) {
+        let mut inner = self.lock();
+        inner.next_number = inner.next_number.max(recovered.next_number);
+
+        for stored in recovered.jobs {
+            let job = Arc::new(Job::restore(stored, self.config.log_limits));
+            inner.next_number = inner.next_number.max(job.number() + 1);
+            inner.finished.push_back(job.id());
+            inner.jobs.insert(job.id(), job);
+        }
+        while inner.finished.len() > self.config.retained_jobs {
+            if let Some(oldest) = inner.finished.pop_front() {
+                inner.jobs.remove(&oldest);
+            }
+        }
     }
 
     /// Reserves `name` and queues an import of `from` into it. Returns the job and its
@@ -129,6 +170,8 @@ impl JobRegistry {
         inner.active.insert(name, job.id());
         inner.jobs.insert(job.id(), Arc::clone(&job));
         let view = job.view();
+        // Recorded under the lock, so rows reach the history in submission order.
+        self.record_view(job.number(), &view);
 
         // Sending under the lock keeps the queue in the order names were reserved.
         if inner.queue.send(Arc::clone(&job)).is_err() {
@@ -167,9 +210,38 @@ impl JobRegistry {
         &self.config
     }
 
-    /// Frees the name of a finished job and drops the oldest finished jobs over the
-    /// retention limit.
+    /// Queues the job's current state for the history. Returns at once.
+    pub(super) fn record(&self, job: &Job) {
+        self.record_view(job.number(), &job.view());
+    }
+
+    fn record_view(&self, number: u64, view: &JobView) {
+        if let Some(history) = self.history.get() {
+            history.record(JobRecord::new(number, view));
+        }
+    }
+
+    /// Waits until everything sent to the history so far is committed.
+    pub(super) async fn sync_history(&self) {
+        if let Some(history) = self.history.get() {
+            history.sync().await;
+        }
+    }
+
+    /// Starts copying the job's log lines into the history.
+    pub(super) fn persist_log(&self, job: &Job) -> Option<LogPersister> {
+        let history = self.history.get()?;
+        Some(LogPersister::start(history.clone(), job.number(), Arc::clone(job.log())))
+    }
+
+    /// Records the final state of a finished job in the history, frees its name, and
+    /// drops the oldest finished jobs over the retention limit.
     pub(super) fn release(&self, job: &Job) {
+        self.record(job);
+        if let Some(history) = self.history.get() {
+            history.prune();
+        }
+
         let mut inner = self.lock();
 
         if inner.active.get(job.name()) == Some(&job.id()) {
@@ -211,6 +283,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::jobs::{LogCursor, LogWindow};
     use crate::names::Dataset;
     use crate::steps::{Template, Tools};
 
@@ -340,5 +413,44 @@ mod tests {
         assert_eq!(only_a.len(), 1);
         assert_eq!(only_a[0].job_id, first.id());
         assert!(running.is_empty());
+    }
+
+    /// Starts a registry whose history lives in `dir`, with what an earlier run left there.
+    fn start_persistent(dir: &std::path::Path, config: JobsConfig) -> Arc<JobRegistry> {
+        let opened = crate::jobs::open_history(dir, Default::default(), config.retained_jobs).unwrap();
+        JobRegistry::start_with_history(failing_config(), config, Arc::default(), opened.history, opened.recovered)
+    }
+
+    #[tokio::test]
+    async fn restart_serves_finished_jobs_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = start_persistent(dir.path(), JobsConfig::default());
+        let mut before = Vec::new();
+        for value in ["a", "b"] {
+            let (job, _) = registry.submit(name(value), image()).unwrap();
+            job.finished().await;
+            before.push((job.view(), job.log().query(LogCursor::Start, LogWindow::First(1000)), job.log().eviction()));
+        }
+        drop(registry);
+        drop(crate::jobs::history::tests::reopen(dir.path()));
+
+        let registry = start_persistent(dir.path(), JobsConfig::default());
+        let listed = registry.list(&JobFilter::default());
+        let (next, _) = registry.submit(name("c"), image()).unwrap();
+        next.finished().await;
+        let relisted = registry.list(&JobFilter::default());
+
+        // The API shows times in microseconds, the precision the history keeps.
+        let json = |views: &[JobView]| serde_json::to_value(views).unwrap();
+        assert_eq!(json(&listed), json(&[before[1].0.clone(), before[0].0.clone()]), "restored jobs are listed newest first");
+        for (view, page, eviction) in &before {
+            let job = registry.get(view.job_id).unwrap();
+            assert!(job.log().is_closed());
+            assert!(!page.lines.is_empty());
+            assert_eq!(&job.log().query(LogCursor::Start, LogWindow::First(1000)), page);
+            assert_eq!(&job.log().eviction(), eviction);
+        }
+        assert_eq!(relisted.first().map(|view| view.job_id), Some(next.id()), "a new job is listed first");
+        assert!(next.number() > registry.get(before[1].0.job_id).unwrap().number());
     }
 }

@@ -12,9 +12,11 @@ use super::registry::JobRegistry;
 use crate::import::{self, ImportError, ImportRequest, Imported};
 use crate::line::{LineSink, LineStamper, LogLine, Step};
 
-/// Sends the import's lines into the job's buffer and its step into the job's state.
+/// Sends the import's lines into the job's buffer and its step into the job's state
+/// and the history.
 struct JobSink<'a> {
     job: &'a Job,
+    registry: &'a JobRegistry,
 }
 
 impl LineSink for JobSink<'_> {
@@ -24,6 +26,7 @@ impl LineSink for JobSink<'_> {
 
     fn step_started(&self, step: Step, _at: DateTime<Utc>) {
         self.job.set_step(step);
+        self.registry.record(self.job);
     }
 }
 
@@ -33,6 +36,11 @@ pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: O
     let span = tracing::info_span!("job", job = %job.id(), name = %job.name());
     async move {
         job.mark_running();
+        registry.record(&job);
+        // The row is committed before the import creates a container or a dataset, so
+        // the start-up sweep after a crash knows the job that left them.
+        registry.sync_history().await;
+        let persister = registry.persist_log(&job);
         tracing::info!("job started");
 
         // The import runs in its own task so that a panic in it fails this job instead
@@ -40,6 +48,12 @@ pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: O
         let import = tokio::spawn(import_job(Arc::clone(&registry), Arc::clone(&job)).in_current_span());
         let result = import.await;
         drop(permit);
+
+        // The last lines are committed before the finished status, so a job the history
+        // shows as finished has all of its lines.
+        if let Some(persister) = persister {
+            persister.finish().await;
+        }
 
         match result {
             Ok(Ok(imported)) => {
@@ -58,6 +72,9 @@ pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: O
         }
 
         registry.release(&job);
+        // Anyone woken by the close, such as a blocking POST /templates, finds the
+        // final state already in the history.
+        registry.sync_history().await;
         job.log().close();
     }
     .instrument(span)
@@ -65,7 +82,7 @@ pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: O
 }
 
 async fn import_job(registry: Arc<JobRegistry>, job: Arc<Job>) -> Result<Imported, ImportError> {
-    let sink = JobSink { job: &job };
+    let sink = JobSink { job: &job, registry: &registry };
     let stamper = LineStamper::new(&sink);
     let request = ImportRequest { id: job.id().as_uuid(), name: job.name().clone(), from: job.from().clone() };
 
