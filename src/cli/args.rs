@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::TimeDelta;
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use coppice::import::{ImportConfig, StepTimeouts};
 use coppice::jobs::{
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_MAX_LINES, DEFAULT_RETAINED_JOBS, JobsConfig, LogLimits,
+    DEFAULT_HISTORY_MAX_AGE_DAYS, DEFAULT_HISTORY_MAX_JOBS, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_BUILDS,
+    DEFAULT_MAX_LINES, DEFAULT_RETAINED_JOBS, DEFAULT_STATE_DIR, HistoryBounds, JobsConfig, LogLimits,
 };
 use coppice::names::{Dataset, ImageRef, NameError, TemplateName};
 use coppice::steps::{ImageId, Tools};
@@ -245,9 +247,32 @@ pub struct ServeArgs {
     /// dropped beyond this. Queued and running jobs are always kept.
     #[arg(long, env = "COPPICE_RETAINED_JOBS", value_name = "COUNT", default_value_t = DEFAULT_RETAINED_JOBS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub retained_jobs: usize,
+
+    /// Directory of the job history (a SQLite database and its lock file), created with
+    /// mode 0700 when missing. Only one server at a time can use a directory.
+    #[arg(long, env = "COPPICE_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Jobs kept in the job history; beyond this the oldest finished jobs are deleted
+    /// with their logs. After a restart the newest --retained-jobs of them are served.
+    #[arg(long, env = "COPPICE_HISTORY_MAX_JOBS", value_name = "COUNT", default_value_t = DEFAULT_HISTORY_MAX_JOBS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub history_max_jobs: usize,
+
+    /// Age after which a finished job is deleted from the job history with its logs,
+    /// in days (at most 36500).
+    #[arg(long, env = "COPPICE_HISTORY_MAX_AGE", value_name = "DAYS", default_value_t = DEFAULT_HISTORY_MAX_AGE_DAYS, value_parser = RangedU64ValueParser::<u64>::new().range(1..=36500))]
+    pub history_max_age: u64,
 }
 
 impl ServeArgs {
+    pub fn history_bounds(&self) -> HistoryBounds {
+        HistoryBounds {
+            max_jobs: self.history_max_jobs,
+            // The parser caps the value at 36500 days, far inside TimeDelta's range.
+            max_age: TimeDelta::days(self.history_max_age as i64),
+        }
+    }
+
     pub fn jobs_config(&self) -> JobsConfig {
         JobsConfig {
             max_concurrent_builds: self.max_concurrent_builds,

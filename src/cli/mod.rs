@@ -5,5 +5,6 @@ pub mod args;
 mod commands;
 mod print;
 mod serve;
+mod state;
 
 pub use commands::run;

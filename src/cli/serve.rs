@@ -12,6 +12,7 @@ use coppice::templates::TemplateRegistry;
 
 use super::args::ServeArgs;
 use super::commands::EXIT_FAILED;
+use super::state::recover_history;
 
 pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
     let templates = Arc::new(TemplateRegistry::default());
@@ -23,7 +24,10 @@ pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
         }
     }
 
-    let jobs = JobRegistry::start(config, args.jobs_config(), templates);
+    let Some((history, recovered)) = recover_history(&config, &args).await else {
+        return ExitCode::from(EXIT_FAILED);
+    };
+    let jobs = JobRegistry::start_with_history(config, args.jobs_config(), templates, history.clone(), recovered);
     let shutdown = shutdown_on_signal();
     let server = match Server::bind(args.listen, App::new(jobs, shutdown)).await {
         Ok(server) => server,
@@ -40,6 +44,7 @@ pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
     tracing::info!(%address, "listening on {address}");
 
     server.run().await;
+    history.sync().await;
 
     // TODO: jobs still running here are dropped with the runtime, which kills their
     // commands without cleanup; waiting for them belongs with job cancellation.

@@ -460,8 +460,11 @@ async fn serve_command_logs_listening_and_stops() {
     use std::process::{Command, Stdio};
 
     let env = test_env();
+    let state = tempfile::tempdir().expect("failed to create the state directory");
     let mut child = Command::new(crate::support::coppice_bin())
         .args(["--jails-dataset", &env.jails, "--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(state.path())
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
