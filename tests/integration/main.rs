@@ -6,6 +6,7 @@ mod http;
 mod http_support;
 mod import;
 mod parity;
+mod restart;
 mod support;
 mod sweep;
 mod tree;
