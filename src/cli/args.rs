@@ -223,10 +223,25 @@ pub enum StepCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address and port the HTTP API listens on. The API has no authentication, so keep
-    /// it on loopback unless an authenticating proxy sits in front of it.
+    /// Address and port the HTTP API listens on. Without an API key, keep it on
+    /// loopback unless an authenticating proxy sits in front of it.
     #[arg(long, env = "COPPICE_LISTEN", value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// File holding the API key that every request but GET /healthz must send in
+    /// X-API-Key (a trailing newline is ignored).
+    #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// The API key itself; prefer --api-key-file, since a variable can leak into
+    /// process listings and crash reports.
+    #[arg(long = "api-key", env = "COPPICE_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Time a shutdown (SIGTERM or SIGINT) gives running builds to stop and clean up,
+    /// in seconds, before the process exits anyway.
+    #[arg(long, env = "COPPICE_SHUTDOWN_TIMEOUT", value_name = "SECONDS", default_value_t = 60)]
+    pub shutdown_timeout: u64,
 
     /// Imports that run at once; further builds wait as `queued`, first in first out.
     #[arg(long, env = "COPPICE_MAX_CONCURRENT_BUILDS", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONCURRENT_BUILDS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]

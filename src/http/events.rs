@@ -100,7 +100,9 @@ impl FrameSource for LogEvents {
         self.keep_alive_at = Instant::now() + self.keep_alive;
 
         let frame = match next {
-            Next::Shutdown => return None,
+            // The server winds jobs down before it closes streams, so the job is
+            // usually final here; either way the client gets its current state.
+            Next::Shutdown => (self.done.take()?)(),
             Next::KeepAlive => Bytes::from_static(KEEP_ALIVE_FRAME),
             Next::Log(Followed::Lines(batch)) => encode_lines(&batch.lines, batch.skipped),
             Next::Log(Followed::Closed) => (self.done.take()?)(),

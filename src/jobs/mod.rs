@@ -14,4 +14,7 @@ pub use log_buffer::{
     LogProgress, LogWindow, line_cost,
 };
 pub use model::{FailureKind, JobId, JobStatus, JobView, events_path, job_path, logs_path, template_path};
-pub use registry::{DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_RETAINED_JOBS, JobFilter, JobRegistry, JobsConfig, SubmitError};
+pub use job::CancelReason;
+pub use registry::{
+    CancelError, DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_RETAINED_JOBS, JobFilter, JobRegistry, JobsConfig, SubmitError,
+};

@@ -96,8 +96,10 @@ pub enum FailureKind {
     AlreadyExists,
     /// A step ran past its time limit.
     TimedOut,
-    /// The job's cancel token stopped the import.
+    /// A client cancelled the job.
     Cancelled,
+    /// The server shut down while the job was queued or running.
+    Interrupted,
     /// A step's command failed or printed something unexpected.
     StepFailed,
     /// The job's task ended without a result, which is a bug in the service.
@@ -156,6 +158,8 @@ pub struct JobView {
     pub size_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// True when a client cancelled the job.
+    pub cancelled: bool,
     #[serde(skip)]
     pub failure: Option<FailureKind>,
     #[serde(rename = "logsURL")]
