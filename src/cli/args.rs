@@ -42,26 +42,27 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Settings of every command")]
 pub struct GlobalArgs {
     /// ZFS dataset under which templates are created as <dataset>/<name>-template.
-    #[arg(long, env = "COPPICE_JAILS_DATASET", default_value = "zroot/jails", value_parser = parse_dataset, global = true)]
+    #[arg(long, env = "COPPICE_JAILS_DATASET", value_name = "DATASET", default_value = "zroot/jails", value_parser = parse_dataset, global = true)]
     pub jails_dataset: Dataset,
 
     /// Path or name of the buildah binary (looked up on PATH when not a path).
-    #[arg(long, env = "COPPICE_BUILDAH", default_value = "buildah", global = true)]
+    #[arg(long, env = "COPPICE_BUILDAH", value_name = "PATH", default_value = "buildah", global = true)]
     pub buildah: PathBuf,
 
     /// Path or name of the rsync binary.
-    #[arg(long, env = "COPPICE_RSYNC", default_value = "rsync", global = true)]
+    #[arg(long, env = "COPPICE_RSYNC", value_name = "PATH", default_value = "rsync", global = true)]
     pub rsync: PathBuf,
 
     /// Path or name of the zfs binary.
-    #[arg(long, env = "COPPICE_ZFS", default_value = "zfs", global = true)]
+    #[arg(long, env = "COPPICE_ZFS", value_name = "PATH", default_value = "zfs", global = true)]
     pub zfs: PathBuf,
 
     /// Image architecture passed to `buildah pull --arch` (for example amd64 or arm64);
     /// the host's architecture when unset.
-    #[arg(long, env = "COPPICE_ARCH", global = true)]
+    #[arg(long, env = "COPPICE_ARCH", value_name = "ARCH", global = true)]
     pub arch: Option<String>,
 
     /// Time limit of the pull step, in seconds.
