@@ -252,8 +252,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COPPICE_LOG_LINES", value_name = "COUNT", default_value_t = DEFAULT_MAX_LINES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub log_lines: usize,
 
-    /// Log memory kept per job, in bytes (each line's text plus a fixed per-line
-    /// overhead); the oldest lines are dropped beyond this.
+    /// Log memory kept per job, in bytes (each line's estimated heap size: the line
+    /// itself and the allocations of its text); the oldest lines are dropped beyond this.
     #[arg(long, env = "COPPICE_LOG_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub log_bytes: usize,
 
