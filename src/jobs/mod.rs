@@ -10,8 +10,8 @@ mod task;
 
 pub use job::Job;
 pub use log_buffer::{
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, Followed, LogBatch, LogBuffer, LogCursor, LogFollower, LogLimits, LogPage,
-    LogProgress, LogWindow, line_cost,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, EncodedBatch, EncodedLine, Followed, LogBatch, LogBuffer, LogCursor,
+    LogFollower, LogLimits, LogPage, LogProgress, LogWindow, line_cost,
 };
 pub use model::{FailureKind, JobId, JobStatus, JobView, events_path, job_path, logs_path, template_path};
 pub use job::CancelReason;
