@@ -115,5 +115,17 @@ fn log_buffer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, split, stamp, log_buffer);
+/// The logs route's other per-request work: 200 lines serialized as its JSON body.
+fn serialize(c: &mut Criterion) {
+    let lines: Vec<LogLine> = (1..=200).map(line).collect();
+    let mut group = c.benchmark_group("serialize");
+    group.throughput(Throughput::Elements(200));
+
+    group.bench_function("200 lines as JSON", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&lines)).expect("serializable lines"));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, split, stamp, log_buffer, serialize);
 criterion_main!(benches);
