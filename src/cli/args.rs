@@ -44,26 +44,27 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Settings of every command")]
 pub struct GlobalArgs {
     /// ZFS dataset under which templates are created as <dataset>/<name>-template.
-    #[arg(long, env = "COPPICE_JAILS_DATASET", default_value = "zroot/jails", value_parser = parse_dataset, global = true)]
+    #[arg(long, env = "COPPICE_JAILS_DATASET", value_name = "DATASET", default_value = "zroot/jails", value_parser = parse_dataset, global = true)]
     pub jails_dataset: Dataset,
 
     /// Path or name of the buildah binary (looked up on PATH when not a path).
-    #[arg(long, env = "COPPICE_BUILDAH", default_value = "buildah", global = true)]
+    #[arg(long, env = "COPPICE_BUILDAH", value_name = "PATH", default_value = "buildah", global = true)]
     pub buildah: PathBuf,
 
     /// Path or name of the rsync binary.
-    #[arg(long, env = "COPPICE_RSYNC", default_value = "rsync", global = true)]
+    #[arg(long, env = "COPPICE_RSYNC", value_name = "PATH", default_value = "rsync", global = true)]
     pub rsync: PathBuf,
 
     /// Path or name of the zfs binary.
-    #[arg(long, env = "COPPICE_ZFS", default_value = "zfs", global = true)]
+    #[arg(long, env = "COPPICE_ZFS", value_name = "PATH", default_value = "zfs", global = true)]
     pub zfs: PathBuf,
 
     /// Image architecture passed to `buildah pull --arch` (for example amd64 or arm64);
     /// the host's architecture when unset.
-    #[arg(long, env = "COPPICE_ARCH", global = true)]
+    #[arg(long, env = "COPPICE_ARCH", value_name = "ARCH", global = true)]
     pub arch: Option<String>,
 
     /// Time limit of the pull step, in seconds.
@@ -225,10 +226,25 @@ pub enum StepCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address and port the HTTP API listens on. The API has no authentication, so keep
-    /// it on loopback unless an authenticating proxy sits in front of it.
+    /// Address and port the HTTP API listens on. Without an API key, keep it on
+    /// loopback unless an authenticating proxy sits in front of it.
     #[arg(long, env = "COPPICE_LISTEN", value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// File holding the API key that every request but GET /healthz must send in
+    /// X-API-Key (a trailing newline is ignored).
+    #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// The API key itself; prefer --api-key-file, since a variable can leak into
+    /// process listings and crash reports.
+    #[arg(long = "api-key", env = "COPPICE_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Time a shutdown (SIGTERM or SIGINT) gives running builds to stop and clean up,
+    /// in seconds, before the process exits anyway.
+    #[arg(long, env = "COPPICE_SHUTDOWN_TIMEOUT", value_name = "SECONDS", default_value_t = 60)]
+    pub shutdown_timeout: u64,
 
     /// Imports that run at once; further builds wait as `queued`, first in first out.
     #[arg(long, env = "COPPICE_MAX_CONCURRENT_BUILDS", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONCURRENT_BUILDS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
@@ -238,8 +254,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COPPICE_LOG_LINES", value_name = "COUNT", default_value_t = DEFAULT_MAX_LINES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub log_lines: usize,
 
-    /// Log memory kept per job, in bytes (each line's text plus a fixed per-line
-    /// overhead); the oldest lines are dropped beyond this.
+    /// Log memory kept per job, in bytes (each line's estimated heap size: the line
+    /// itself and the allocations of its text); the oldest lines are dropped beyond this.
     #[arg(long, env = "COPPICE_LOG_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub log_bytes: usize,
 

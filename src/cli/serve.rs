@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use coppice::http::{App, Server};
+use coppice::http::{ApiKey, App, Server};
 use coppice::import::ImportConfig;
 use coppice::jobs::JobRegistry;
 use coppice::templates::TemplateRegistry;
@@ -15,6 +16,14 @@ use super::commands::EXIT_FAILED;
 use super::state::recover_history;
 
 pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
+    let api_key = match read_api_key(&args) {
+        Ok(key) => key,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+
     let templates = Arc::new(TemplateRegistry::default());
     match templates.reload(&config).await {
         Ok(count) => tracing::info!(count, jails = %config.jails, "loaded templates"),
@@ -28,8 +37,10 @@ pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
         return ExitCode::from(EXIT_FAILED);
     };
     let jobs = JobRegistry::start_with_history(config, args.jobs_config(), templates, history.clone(), recovered);
-    let shutdown = shutdown_on_signal();
-    let server = match Server::bind(args.listen, App::new(jobs, shutdown)).await {
+    let stop_accepting = stop_on_signal();
+    let close_streams = CancellationToken::new();
+    let app = App::new(Arc::clone(&jobs), close_streams.clone()).with_api_key(api_key.clone());
+    let server = match Server::bind(args.listen, app).await {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(address = %args.listen, %error, "failed to listen; choose another address with --listen");
@@ -38,22 +49,49 @@ pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
     };
 
     let address = server.local_addr().unwrap_or(args.listen);
-    if !address.ip().is_loopback() {
-        tracing::warn!(%address, "listening on a non-loopback address; the API has no authentication");
+    if !address.ip().is_loopback() && api_key.is_none() {
+        tracing::warn!(%address, "listening on a non-loopback address without an API key; any client that can reach it can start builds");
     }
-    tracing::info!(%address, "listening on {address}");
+    tracing::info!(%address, auth = api_key.is_some(), "listening on {address}");
+    let server = tokio::spawn(server.run_until(stop_accepting.clone()));
 
-    server.run().await;
+    // Shutdown order: stop accepting, stop the builds (their cleanup runs), then end
+    // the event streams, so that each stream's final `done` shows the job's end.
+    stop_accepting.cancelled().await;
+    let unfinished = jobs.shut_down(Duration::from_secs(args.shutdown_timeout)).await;
+    close_streams.cancel();
+    if let Err(error) = server.await {
+        tracing::error!(%error, "the server task failed");
+    }
+    // Commits what the stopped jobs recorded, so their final states outlive the exit.
     history.sync().await;
 
-    // TODO: jobs still running here are dropped with the runtime, which kills their
-    // commands without cleanup; waiting for them belongs with job cancellation.
-    tracing::info!("server stopped");
-    ExitCode::SUCCESS
+    if unfinished.is_empty() {
+        tracing::info!("server stopped");
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!(jobs = unfinished.len(), "server stopped with builds still cleaning up; the next start-up sweeps their leftovers");
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// Reads the key from `--api-key-file` or `COPPICE_API_KEY`.
+fn read_api_key(args: &ServeArgs) -> Result<Option<ApiKey>, String> {
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("failed to read the API key file {}: {error}", path.display()))?;
+        return ApiKey::new(&text)
+            .map(Some)
+            .ok_or_else(|| format!("the API key file {} is empty; write the key into it", path.display()));
+    }
+    match &args.api_key {
+        Some(text) => ApiKey::new(text).map(Some).ok_or_else(|| "COPPICE_API_KEY is empty; set it to the key or unset it".to_owned()),
+        None => Ok(None),
+    }
 }
 
 /// Returns a token cancelled by the first SIGINT or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+fn stop_on_signal() -> CancellationToken {
     use tokio::signal::unix::{SignalKind, signal};
 
     let shutdown = CancellationToken::new();

@@ -67,7 +67,9 @@ async fn command_line_is_logged_first_on_stderr() {
 
 #[tokio::test]
 async fn streams_are_tagged_and_ordered() {
-    let script = "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.05; done";
+    // The pauses keep each write alone in its pipe, so the read order is the write order
+    // even on a loaded machine.
+    let script = "for i in 1 2 3; do echo out$i; sleep 0.1; echo err$i >&2; sleep 0.1; done";
 
     let (result, sink) = run_sh(script).await;
 

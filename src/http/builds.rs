@@ -24,6 +24,18 @@ pub async fn create_build(app: &App, request: Request<Incoming>) -> Result<Respo
     Ok(json_created(StatusCode::ACCEPTED, &job_path(job.id()), &view))
 }
 
+/// `POST /templates/builds/:job_id/cancel`: stops a queued or running job. Returns `202`
+/// with the job; a running job becomes `failed` once its cleanup is done.
+pub fn cancel_build(app: &App, id: &str) -> Result<Response<Body>, ApiError> {
+    let id = JobId::parse(id).ok_or_else(|| {
+        ApiError::NotFound(format!("job {id:?} not found; a job id is a UUID as POST /templates/build returns it"))
+    })?;
+
+    let view = app.jobs().cancel(id)?;
+
+    Ok(json(StatusCode::ACCEPTED, &view))
+}
+
 /// The `201` body of `POST /templates`.
 #[derive(Serialize)]
 struct CreatedTemplate {
@@ -75,7 +87,7 @@ fn build_failed(view: JobView) -> ApiError {
         Some(FailureKind::InvalidName) => StatusCode::BAD_REQUEST,
         Some(FailureKind::AlreadyExists) => StatusCode::CONFLICT,
         Some(FailureKind::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
-        Some(FailureKind::Cancelled) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(FailureKind::Cancelled) => StatusCode::CONFLICT,
         Some(FailureKind::Interrupted) => StatusCode::SERVICE_UNAVAILABLE,
         Some(FailureKind::StepFailed | FailureKind::Internal) | None => StatusCode::INTERNAL_SERVER_ERROR,
     };

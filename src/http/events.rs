@@ -14,9 +14,8 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::response::{ApiError, Body};
-use super::sse::{Event, FrameSource, KEEP_ALIVE_FRAME, KEEP_ALIVE_INTERVAL, sse_response, write_comment};
-use crate::jobs::{Followed, Job, LogFollower};
-use crate::line::LogLine;
+use super::sse::{Event, FrameSource, KEEP_ALIVE_FRAME, KEEP_ALIVE_INTERVAL, sse_response, write_comment, write_json_event};
+use crate::jobs::{EncodedBatch, EncodedLine, Followed, Job, LogFollower};
 
 /// Lines sent in one frame at most, so a long replay goes out in pieces.
 const LINES_PER_FRAME: usize = 256;
@@ -71,7 +70,7 @@ pub struct LogEvents {
 
 enum Next {
     Shutdown,
-    Log(Followed),
+    Log(Followed<EncodedBatch>),
     KeepAlive,
 }
 
@@ -94,13 +93,15 @@ impl FrameSource for LogEvents {
         let next = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Next::Shutdown,
-            followed = self.follower.next(LINES_PER_FRAME) => Next::Log(followed),
+            followed = self.follower.next_encoded(LINES_PER_FRAME) => Next::Log(followed),
             () = sleep_until(self.keep_alive_at) => Next::KeepAlive,
         };
         self.keep_alive_at = Instant::now() + self.keep_alive;
 
         let frame = match next {
-            Next::Shutdown => return None,
+            // The server winds jobs down before it closes streams, so the job is
+            // usually final here; either way the client gets its current state.
+            Next::Shutdown => (self.done.take()?)(),
             Next::KeepAlive => Bytes::from_static(KEEP_ALIVE_FRAME),
             Next::Log(Followed::Lines(batch)) => encode_lines(&batch.lines, batch.skipped),
             Next::Log(Followed::Closed) => (self.done.take()?)(),
@@ -109,16 +110,16 @@ impl FrameSource for LogEvents {
     }
 }
 
-fn encode_lines(lines: &[LogLine], skipped: u64) -> Bytes {
-    let mut frame = String::new();
+/// Builds one frame from lines the log buffer serialized once for every stream, so a
+/// stream only copies their JSON.
+fn encode_lines(lines: &[EncodedLine], skipped: u64) -> Bytes {
+    let size: usize = lines.iter().map(|line| line.json.len() + 40).sum();
+    let mut frame = String::with_capacity(size);
     if skipped > 0 {
         write_comment(&mut frame, &format!("{skipped} lines were dropped from the job's log buffer before this client read them"));
     }
     for line in lines {
-        match Event::new("log").id(line.seq).json_data(line) {
-            Ok(event) => event.write_to(&mut frame),
-            Err(error) => tracing::error!(seq = line.seq, %error, "failed to encode a log line"),
-        }
+        write_json_event(&mut frame, "log", line.seq, &line.json);
     }
     Bytes::from(frame)
 }
@@ -133,7 +134,7 @@ mod tests {
     use super::*;
     use crate::http::sse::SseBody;
     use crate::jobs::{LogBuffer, LogLimits};
-    use crate::line::{SOURCE, Step, Stream};
+    use crate::line::{LogLine, SOURCE, Step, Stream};
 
     fn line(seq: u64) -> LogLine {
         LogLine {

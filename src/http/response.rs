@@ -9,7 +9,7 @@ use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, LOCATION};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
-use crate::jobs::{JobId, SubmitError};
+use crate::jobs::{CancelError, JobId, SubmitError};
 
 /// The response body of every route: a whole JSON document or an SSE stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -53,6 +53,9 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
 
+    #[error("missing or wrong X-API-Key header; send the key this server was started with")]
+    Unauthorized,
+
     #[error("method {method} is not allowed on {path}; use {allow}")]
     MethodNotAllowed { method: Method, path: String, allow: &'static str },
 
@@ -89,6 +92,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -123,12 +127,22 @@ impl ApiError {
     }
 }
 
+impl From<CancelError> for ApiError {
+    fn from(error: CancelError) -> Self {
+        match &error {
+            CancelError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            CancelError::AlreadyFinished(view) => ApiError::Conflict { message: error.to_string(), job: Some(view.job_id) },
+        }
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match &error {
             SubmitError::InvalidName(_) => ApiError::BadRequest(format!("invalid field \"name\": {error}")),
             SubmitError::TemplateExists { .. } => ApiError::Conflict { message: error.to_string(), job: None },
             SubmitError::BuildInProgress { job, .. } => ApiError::Conflict { message: error.to_string(), job: Some(*job) },
+            SubmitError::ShuttingDown => ApiError::Unavailable { message: error.to_string(), job: None },
         }
     }
 }

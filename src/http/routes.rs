@@ -7,7 +7,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::builds::{create_build, create_template, get_build, list_builds};
+use super::auth::ApiKey;
+use super::builds::{cancel_build, create_build, create_template, get_build, list_builds};
+use super::health::{HealthCache, healthz};
 use super::events::job_events;
 use super::logs::get_logs;
 use super::request::Query;
@@ -20,11 +22,19 @@ use crate::jobs::{Job, JobId, JobRegistry};
 pub struct App {
     jobs: Arc<JobRegistry>,
     shutdown: CancellationToken,
+    api_key: Option<ApiKey>,
+    health: HealthCache,
 }
 
 impl App {
     pub fn new(jobs: Arc<JobRegistry>, shutdown: CancellationToken) -> Self {
-        Self { jobs, shutdown }
+        Self { jobs, shutdown, api_key: None, health: HealthCache::default() }
+    }
+
+    /// Requires `X-API-Key` with this key on every route but `GET /healthz`.
+    pub fn with_api_key(mut self, key: Option<ApiKey>) -> Self {
+        self.api_key = key;
+        self
     }
 
     pub fn jobs(&self) -> &Arc<JobRegistry> {
@@ -72,7 +82,19 @@ impl App {
         let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
         let not_allowed = |allow: &'static str| ApiError::MethodNotAllowed { method: method.clone(), path: path.clone(), allow };
 
+        // The health check stays open so that a load balancer needs no key.
+        if segments.as_slice() != ["healthz"]
+            && let Some(key) = &self.api_key
+            && !key.accepts(request.headers())
+        {
+            tracing::info!(%method, %path, "rejected a request without a valid API key");
+            return Err(ApiError::Unauthorized);
+        }
+
         match (segments.as_slice(), &method) {
+            (["healthz"], &Method::GET) => healthz(&self.health, self.jobs.import_config()).await,
+            (["healthz"], _) => Err(not_allowed("GET")),
+
             (["templates"], &Method::GET) => Ok(list_templates(self)),
             (["templates"], &Method::POST) => create_template(self, request).await,
             (["templates"], _) => Err(not_allowed("GET, POST")),
@@ -96,11 +118,14 @@ impl App {
             }
             (["templates", "builds", _, "events"], _) => Err(not_allowed("GET")),
 
+            (["templates", "builds", id, "cancel"], &Method::POST) => cancel_build(self, id),
+            (["templates", "builds", _, "cancel"], _) => Err(not_allowed("POST")),
+
             (["templates", name], &Method::GET) => get_template(self, name),
             (["templates", _], _) => Err(not_allowed("GET")),
 
             _ => Err(ApiError::NotFound(format!(
-                "no route for {path}; the API serves /templates, /templates/build and /templates/builds"
+                "no route for {path}; the API serves /templates, /templates/build, /templates/builds and /healthz"
             ))),
         }
     }

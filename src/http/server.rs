@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::routes::App;
 
@@ -50,18 +51,25 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until the app's shutdown token is cancelled, then stops accepting and
-    /// waits up to the shutdown timeout for open connections. Event streams end on the
-    /// same token, so they do not hold the shutdown up.
+    /// Serves until the app's shutdown token is cancelled, then stops as
+    /// [`Server::run_until`] does.
     pub async fn run(self) {
+        let stop = self.app.shutdown().clone();
+        self.run_until(stop).await;
+    }
+
+    /// Accepts connections until `stop` is cancelled, then waits for open connections
+    /// to finish. Event streams end when the app's shutdown token is cancelled, which
+    /// may come later than `stop` (the server first winds its jobs down). From then on
+    /// the wait is bounded by the shutdown timeout.
+    pub async fn run_until(self, stop: CancellationToken) {
         let Server { listener, app, shutdown_timeout } = self;
-        let shutdown = app.shutdown().clone();
         let graceful = GracefulShutdown::new();
 
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
             };
             match accepted {
                 Ok((stream, peer)) => serve_connection(stream, peer, Arc::clone(&app), &graceful),
@@ -74,9 +82,13 @@ impl Server {
 
         drop(listener);
         tracing::info!("shutting down: no longer accepting connections");
+        let streams_closed_then_timeout = async {
+            app.shutdown().cancelled().await;
+            tokio::time::sleep(shutdown_timeout).await;
+        };
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(shutdown_timeout) => {
+            () = streams_closed_then_timeout => {
                 tracing::warn!(timeout_secs = shutdown_timeout.as_secs(), "connections still open after the shutdown timeout; closing them");
             }
         }

@@ -91,6 +91,26 @@ impl Event {
     }
 }
 
+/// Writes one event whose data is JSON serialized elsewhere, such as a log line that
+/// many streams share, without copying it into an [`Event`] first.
+///
+/// Compact JSON from serde_json escapes every control character, so it never contains
+/// CR or LF. Text that does anyway goes through [`Event::data`], which splits it into
+/// several `data:` lines, so the frame stays intact.
+pub fn write_json_event(frame: &mut String, name: &'static str, id: u64, json: &str) {
+    if json.bytes().any(|byte| byte == b'\r' || byte == b'\n') {
+        Event::new(name).id(id).data(json).write_to(frame);
+        return;
+    }
+    debug_assert!(!name.contains(['\r', '\n', '\0']), "SSE event name {name:?} contains CR, LF or NUL");
+    frame.push_str("event: ");
+    frame.push_str(name);
+    // `fmt::Write` for String never returns an error.
+    let _ = write!(frame, "\nid: {id}\ndata: ");
+    frame.push_str(json);
+    frame.push_str("\n\n");
+}
+
 /// Writes `text` as comment lines, one `:` line per line of text. Clients ignore them.
 pub fn write_comment(frame: &mut String, text: &str) {
     for line in split_lines(text) {
@@ -188,6 +208,24 @@ mod tests {
         let event = Event::new("log").id(7).data("hello");
 
         assert_eq!(&event.encode()[..], b"event: log\nid: 7\ndata: hello\n\n");
+    }
+
+    #[test]
+    fn json_event_is_written_as_is() {
+        let mut frame = String::new();
+
+        write_json_event(&mut frame, "log", 9, r#"{"text":"a\nb"}"#);
+
+        assert_eq!(frame, "event: log\nid: 9\ndata: {\"text\":\"a\\nb\"}\n\n");
+    }
+
+    #[test]
+    fn json_event_with_raw_newline_is_split() {
+        let mut frame = String::new();
+
+        write_json_event(&mut frame, "log", 9, "{\n}");
+
+        assert_eq!(frame, "event: log\nid: 9\ndata: {\ndata: }\n\n");
     }
 
     #[test]

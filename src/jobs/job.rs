@@ -13,7 +13,27 @@ use crate::line::Step;
 use crate::names::{ImageRef, TemplateName};
 use crate::steps::Template;
 
-/// The mutable part of a job, changed only by its task.
+/// Why a job's cancel token was cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// A client asked for it with `POST /templates/builds/:job_id/cancel`.
+    Request,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Result of a cancel request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CancelOutcome {
+    /// The job was queued and is now failed; its name must be released.
+    RemovedFromQueue,
+    /// The job is running; its import stops and cleans up, then the task records it.
+    Stopping,
+    /// The job had already finished.
+    AlreadyFinished,
+}
+
+/// The mutable part of a job, changed by its task and by cancel requests.
 struct JobState {
     status: JobStatus,
     started_at: Option<DateTime<Utc>>,
@@ -24,6 +44,7 @@ struct JobState {
     template: Option<Template>,
     error: Option<String>,
     failure: Option<FailureKind>,
+    cancel_reason: Option<CancelReason>,
 }
 
 pub struct Job {
@@ -58,6 +79,7 @@ impl Job {
                 template: None,
                 error: None,
                 failure: None,
+                cancel_reason: None,
             }),
         }
     }
@@ -136,6 +158,7 @@ impl Job {
             snapshot: state.snapshot.clone(),
             size_bytes: state.size_bytes,
             error: state.error.clone(),
+            cancelled: state.failure == Some(FailureKind::Cancelled),
             failure: state.failure,
             logs_url: logs_path(self.id),
             events_url: events_path(self.id),
@@ -149,10 +172,52 @@ impl Job {
         self.view()
     }
 
-    pub(super) fn mark_running(&self) {
+    /// Moves a queued job to `running`. Returns false when the job left the queue
+    /// another way (it was cancelled while it waited).
+    pub(super) fn mark_running(&self) -> bool {
         let mut state = self.lock();
+        if state.status != JobStatus::Queued {
+            return false;
+        }
         state.status = JobStatus::Running;
         state.started_at = Some(Utc::now());
+        true
+    }
+
+    /// Cancels the job for `reason`. A queued job fails at once; a running job's
+    /// import is stopped through its cancel token. Deciding under the state lock keeps
+    /// a job from being both cancelled in the queue and started.
+    pub(super) fn request_cancel(&self, reason: CancelReason) -> CancelOutcome {
+        let mut state = self.lock();
+        match state.status {
+            JobStatus::Succeeded | JobStatus::Failed => CancelOutcome::AlreadyFinished,
+            JobStatus::Queued => {
+                let (error, failure) = match reason {
+                    CancelReason::Request => ("cancelled while queued; the import never started".to_owned(), FailureKind::Cancelled),
+                    CancelReason::Shutdown => (
+                        "the gateway shut down while the job was queued; the import never started".to_owned(),
+                        FailureKind::Interrupted,
+                    ),
+                };
+                state.status = JobStatus::Failed;
+                state.finished_at = Some(Utc::now());
+                state.error = Some(error);
+                state.failure = Some(failure);
+                state.cancel_reason = Some(reason);
+                self.cancel.cancel();
+                CancelOutcome::RemovedFromQueue
+            }
+            JobStatus::Running => {
+                // The first reason wins: a shutdown after a client's cancel is still a cancel.
+                state.cancel_reason.get_or_insert(reason);
+                self.cancel.cancel();
+                CancelOutcome::Stopping
+            }
+        }
+    }
+
+    pub(super) fn cancel_reason(&self) -> Option<CancelReason> {
+        self.lock().cancel_reason
     }
 
     pub(super) fn set_step(&self, step: Step) {

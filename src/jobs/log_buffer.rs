@@ -35,9 +35,32 @@ impl Default for LogLimits {
     }
 }
 
-/// Returns the memory a retained line is charged: its text and source plus the struct itself.
+/// Returns the memory a retained line is charged: the struct itself plus the heap blocks
+/// of its text and source, as the allocator sizes them.
+///
+/// Charging only the string lengths undercounted: with 100-byte lines, 50 finished
+/// jobs held 1.35 resident bytes per charged byte (`scripts/bench --quick`, part 5), because
+/// malloc rounds each block up and the 14-byte source takes a block of its own.
 pub fn line_cost(line: &LogLine) -> usize {
-    line.text.len() + line.source.len() + size_of::<LogLine>()
+    size_of::<LogLine>() + heap_block(line.text.capacity()) + heap_block(line.source.capacity())
+}
+
+/// Serializes a line as compact JSON in the log-envelope shape.
+fn encode(line: &LogLine) -> String {
+    serde_json::to_string(line).expect("a LogLine has only strings, numbers and unit enums, which always serialize")
+}
+
+/// Estimates the heap memory behind an allocation of `requested` bytes.
+///
+/// NOTE: this follows glibc's malloc on 64-bit Linux: a block is the request plus an
+/// 8-byte header, rounded up to 16 bytes, and at least 32 bytes. jemalloc (FreeBSD's
+/// libc) rounds to size classes that are never larger for these sizes, so the
+/// estimate errs towards charging too much there.
+fn heap_block(requested: usize) -> usize {
+    if requested == 0 {
+        return 0;
+    }
+    (requested + 8).next_multiple_of(16).max(32)
 }
 
 /// The newest `seq` pushed and whether the log is complete, as followers watch it.
@@ -91,9 +114,45 @@ pub struct LogBatch {
     pub skipped: u64,
 }
 
+/// One line as compact JSON in the log-envelope shape, shared by every reader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedLine {
+    pub seq: u64,
+    pub json: Arc<str>,
+}
+
+/// Encoded lines read by a follower, and how many it missed because they were evicted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedBatch {
+    pub lines: Vec<EncodedLine>,
+    pub skipped: u64,
+}
+
+/// A retained line and, once a follower has read it while the log was open, its JSON.
+///
+/// Every follower of a live log sends the same lines, so each line is serialized once
+/// and the followers share the text: with 100 followers, serializing per follower cost
+/// most of the server's CPU (`scripts/bench`, part 3).
+struct Stored {
+    line: LogLine,
+    json: Option<Arc<str>>,
+}
+
+impl Stored {
+    /// Returns the memory this entry is charged: the line, plus its JSON when encoded.
+    fn cost(&self) -> usize {
+        line_cost(&self.line) + self.json.as_ref().map_or(0, |json| json_cost(json))
+    }
+}
+
+/// Returns the heap block of an `Arc<str>`: two reference counts and the text.
+fn json_cost(json: &Arc<str>) -> usize {
+    heap_block(2 * size_of::<usize>() + json.len())
+}
+
 #[derive(Default)]
 struct Retained {
-    lines: VecDeque<LogLine>,
+    lines: VecDeque<Stored>,
     bytes: usize,
     evicted: u64,
     /// The `seq` and `ts` of the newest evicted line, which tell whether a cursor
@@ -105,9 +164,20 @@ impl Retained {
     /// Returns the index of the first retained line with `seq > after`.
     fn index_after(&self, after: u64) -> usize {
         match self.lines.front() {
-            Some(front) if after >= front.seq => usize::try_from(after - front.seq + 1).map_or(self.lines.len(), |index| index.min(self.lines.len())),
+            Some(front) if after >= front.line.seq => usize::try_from(after - front.line.seq + 1).map_or(self.lines.len(), |index| index.min(self.lines.len())),
             _ => 0,
         }
+    }
+
+    /// Returns the range of up to `max` lines with `seq > after`, and how many lines
+    /// after `after` were evicted before the first of them.
+    fn range_after(&self, after: u64, max: usize) -> (std::ops::Range<usize>, u64) {
+        let start = self.index_after(after);
+        let skipped = match self.lines.front() {
+            Some(front) if start == 0 => front.line.seq.saturating_sub(after + 1),
+            _ => 0,
+        };
+        (start..self.lines.len().min(start + max), skipped)
     }
 }
 
@@ -150,25 +220,45 @@ impl LogBuffer {
     pub fn push(&self, line: LogLine) {
         let seq = line.seq;
         let mut retained = self.lock();
-        debug_assert!(retained.lines.back().is_none_or(|last| last.seq + 1 == seq), "log lines must arrive in seq order without gaps");
+        debug_assert!(retained.lines.back().is_none_or(|last| last.line.seq + 1 == seq), "log lines must arrive in seq order without gaps");
 
         retained.bytes += line_cost(&line);
-        retained.lines.push_back(line);
-        while retained.lines.len() > self.limits.max_lines || (retained.bytes > self.limits.max_bytes && retained.lines.len() > 1) {
-            let Some(oldest) = retained.lines.pop_front() else { break };
-            retained.bytes -= line_cost(&oldest);
-            retained.evicted += 1;
-            retained.last_evicted = Some((oldest.seq, oldest.ts));
-        }
+        retained.lines.push_back(Stored { line, json: None });
+        self.evict_over_limits(&mut retained);
 
         // Updated under the lock so that followers see `last_seq` only once the line is readable.
         self.progress.send_modify(|progress| progress.last_seq = seq);
     }
 
     /// Marks the log complete. Followers drain what is left and then see the end.
+    ///
+    /// A closed log never grows again, so the queue gives back the spare capacity it
+    /// grew into. A finished job then holds only its lines, which matters when many
+    /// finished jobs are kept.
+    ///
+    /// The shared JSON is dropped too: it speeds up live followers, and a finished job
+    /// is read rarely enough that it is not worth keeping twice.
     pub fn close(&self) {
-        let _retained = self.lock();
+        let mut retained = self.lock();
+        let mut freed = 0;
+        for stored in &mut retained.lines {
+            if let Some(json) = stored.json.take() {
+                freed += json_cost(&json);
+            }
+        }
+        retained.bytes -= freed;
+        retained.lines.shrink_to_fit();
         self.progress.send_modify(|progress| progress.closed = true);
+    }
+
+    /// Drops the oldest lines while either limit is exceeded, keeping the newest line.
+    fn evict_over_limits(&self, retained: &mut Retained) {
+        while retained.lines.len() > self.limits.max_lines || (retained.bytes > self.limits.max_bytes && retained.lines.len() > 1) {
+            let Some(oldest) = retained.lines.pop_front() else { break };
+            retained.bytes -= oldest.cost();
+            retained.evicted += 1;
+            retained.last_evicted = Some((oldest.line.seq, oldest.line.ts));
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -211,7 +301,7 @@ impl LogBuffer {
                 (retained.index_after(after), retained.last_evicted.is_some_and(|(seq, _)| seq > after))
             }
             LogCursor::Since(since) => {
-                (retained.lines.partition_point(|line| line.ts <= since), retained.last_evicted.is_some_and(|(_, ts)| ts > since))
+                (retained.lines.partition_point(|stored| stored.line.ts <= since), retained.last_evicted.is_some_and(|(_, ts)| ts > since))
             }
         };
 
@@ -221,21 +311,50 @@ impl LogBuffer {
             LogWindow::Last(count) => (retained.lines.len() - count.min(matched)..retained.lines.len(), matched > count),
         };
 
-        LogPage { lines: retained.lines.range(range).cloned().collect(), truncated: cut || evicted_matched }
+        LogPage { lines: retained.lines.range(range).map(|stored| stored.line.clone()).collect(), truncated: cut || evicted_matched }
     }
 
     /// Returns up to `max` lines with `seq > after`, and how many such lines were evicted.
     pub fn read_after(&self, after: u64, max: usize) -> LogBatch {
         let retained = self.lock();
 
-        let start = retained.index_after(after);
-        let skipped = match retained.lines.front() {
-            Some(front) if start == 0 => front.seq.saturating_sub(after + 1),
-            _ => 0,
-        };
-        let end = retained.lines.len().min(start + max);
+        let (range, skipped) = retained.range_after(after, max);
 
-        LogBatch { lines: retained.lines.range(start..end).cloned().collect(), skipped }
+        LogBatch { lines: retained.lines.range(range).map(|stored| stored.line.clone()).collect(), skipped }
+    }
+
+    /// Returns up to `max` lines with `seq > after` as JSON, and how many such lines
+    /// were evicted.
+    ///
+    /// While the log is open, the first reader of a line serializes it and later readers
+    /// share that text, which is charged to the byte limit like the line itself. Once
+    /// the log is closed, each call serializes its lines anew.
+    pub fn read_encoded_after(&self, after: u64, max: usize) -> EncodedBatch {
+        let mut retained = self.lock();
+        let closed = self.progress.borrow().closed;
+
+        let (range, skipped) = retained.range_after(after, max);
+        let mut lines = Vec::with_capacity(range.len());
+        let mut added = 0;
+        for stored in retained.lines.range_mut(range) {
+            let json = match &stored.json {
+                Some(json) => Arc::clone(json),
+                None => {
+                    let json: Arc<str> = encode(&stored.line).into();
+                    if !closed {
+                        added += json_cost(&json);
+                        stored.json = Some(Arc::clone(&json));
+                    }
+                    json
+                }
+            };
+            lines.push(EncodedLine { seq: stored.line.seq, json });
+        }
+        retained.bytes += added;
+        // The JSON grows the charge; lines the followers already read make room for it.
+        self.evict_over_limits(&mut retained);
+
+        EncodedBatch { lines, skipped }
     }
 
     /// Starts following the log from just after `after` (0 for the beginning).
@@ -248,10 +367,11 @@ impl LogBuffer {
     }
 }
 
-/// The result of [`LogFollower::next`].
+/// The result of [`LogFollower::next`] (a [`LogBatch`]) or [`LogFollower::next_encoded`]
+/// (an [`EncodedBatch`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Followed {
-    Lines(LogBatch),
+pub enum Followed<B = LogBatch> {
+    Lines(B),
     /// The log is closed and the follower has read every retained line.
     Closed,
 }
@@ -269,14 +389,35 @@ impl LogFollower {
     /// Cancel-safe: the cursor moves only when lines are returned, so dropping the
     /// future (for a keep-alive or a shutdown) loses nothing.
     pub async fn next(&mut self, max: usize) -> Followed {
+        self.next_with(|buffer, after| {
+            let batch = buffer.read_after(after, max);
+            let last = batch.lines.last().map(|line| line.seq);
+            (batch, last)
+        })
+        .await
+    }
+
+    /// Waits like [`next`](Self::next) and returns the lines as shared JSON.
+    pub async fn next_encoded(&mut self, max: usize) -> Followed<EncodedBatch> {
+        self.next_with(|buffer, after| {
+            let batch = buffer.read_encoded_after(after, max);
+            let last = batch.lines.last().map(|line| line.seq);
+            (batch, last)
+        })
+        .await
+    }
+
+    /// Waits until `read` returns lines (with the `seq` of the last one) or the log is
+    /// closed and drained.
+    async fn next_with<B>(&mut self, read: impl Fn(&LogBuffer, u64) -> (B, Option<u64>)) -> Followed<B> {
         loop {
             // Marking the watch value seen before reading means a line pushed after the
             // read changes the value again and wakes `changed` below, so none is missed.
             let closed = self.progress.borrow_and_update().closed;
 
-            let batch = self.buffer.read_after(self.cursor, max);
-            if let Some(last) = batch.lines.last() {
-                self.cursor = last.seq;
+            let (batch, last) = read(&self.buffer, self.cursor);
+            if let Some(last) = last {
+                self.cursor = last;
                 return Followed::Lines(batch);
             }
             if closed {
@@ -478,6 +619,56 @@ mod tests {
         assert_eq!(behind.skipped, 7);
         assert_eq!(current.lines.len(), 8);
         assert_eq!(current.skipped, 0);
+    }
+
+    #[test]
+    fn encoded_lines_are_shared_json() {
+        let buffer = buffer_with(5, lines_limit(10));
+        let charged_before = buffer.lock().bytes;
+
+        let first = buffer.read_encoded_after(2, 2);
+        let second = buffer.read_encoded_after(2, 2);
+
+        assert_eq!(first.lines.iter().map(|line| line.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(&*first.lines[0].json, serde_json::to_string(&line(3)).unwrap());
+        assert!(Arc::ptr_eq(&first.lines[0].json, &second.lines[0].json), "the second reader serialized again");
+        assert_eq!(first.skipped, 0);
+        assert!(buffer.lock().bytes > charged_before, "the shared JSON is not charged");
+    }
+
+    #[test]
+    fn encoded_after_reports_skipped_lines() {
+        let buffer = buffer_with(20, lines_limit(10));
+
+        let behind = buffer.read_encoded_after(3, 4);
+
+        assert_eq!(behind.lines.iter().map(|line| line.seq).collect::<Vec<_>>(), [11, 12, 13, 14]);
+        assert_eq!(behind.skipped, 7);
+    }
+
+    #[test]
+    fn close_drops_shared_json() {
+        let buffer = buffer_with(5, lines_limit(10));
+        let charged_before = buffer.lock().bytes;
+        buffer.read_encoded_after(0, 5);
+
+        buffer.close();
+        let after_close = buffer.read_encoded_after(0, 5);
+
+        assert_eq!(buffer.lock().bytes, charged_before);
+        assert_eq!(after_close.lines.len(), 5);
+        assert!(buffer.lock().lines.iter().all(|stored| stored.json.is_none()), "a closed log kept JSON");
+    }
+
+    #[test]
+    fn shared_json_counts_toward_byte_cap() {
+        let cost = line_cost(&line(10));
+        let buffer = buffer_with(4, LogLimits { max_lines: 100, max_bytes: cost * 4 });
+
+        buffer.read_encoded_after(0, 4);
+
+        assert!(buffer.len() < 4, "the JSON pushed the log over its byte cap but nothing was evicted");
+        assert!(buffer.lock().bytes <= cost * 4);
     }
 
     #[tokio::test]

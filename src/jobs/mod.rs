@@ -14,11 +14,14 @@ mod task;
 pub use history::{FLUSH_INTERVAL, History, OpenedHistory, Recovered, open_history};
 pub use job::Job;
 pub use log_buffer::{
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, Eviction, Followed, LogBatch, LogBuffer, LogCursor, LogFollower, LogLimits,
-    LogPage, LogProgress, LogWindow, line_cost,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, EncodedBatch, EncodedLine, Eviction, Followed, LogBatch, LogBuffer,
+    LogCursor, LogFollower, LogLimits, LogPage, LogProgress, LogWindow, line_cost,
 };
 pub use model::{FailureKind, JobId, JobStatus, JobView, events_path, job_path, logs_path, template_path};
-pub use registry::{DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_RETAINED_JOBS, JobFilter, JobRegistry, JobsConfig, SubmitError};
+pub use job::CancelReason;
+pub use registry::{
+    CancelError, DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_RETAINED_JOBS, JobFilter, JobRegistry, JobsConfig, SubmitError,
+};
 pub use store::{
     DATABASE_FILE, DEFAULT_HISTORY_MAX_AGE_DAYS, DEFAULT_HISTORY_MAX_JOBS, DEFAULT_STATE_DIR, HistoryBounds, JobRecord,
     LOCK_FILE, Store, StoreError, StoredJob, interrupted_error,

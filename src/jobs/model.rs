@@ -96,7 +96,7 @@ pub enum FailureKind {
     AlreadyExists,
     /// A step ran past its time limit.
     TimedOut,
-    /// The job's cancel token stopped the import.
+    /// A client cancelled the job.
     Cancelled,
     /// The server shut down while the job was queued or running.
     Interrupted,
@@ -158,6 +158,8 @@ pub struct JobView {
     pub size_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// True when a client cancelled the job.
+    pub cancelled: bool,
     #[serde(skip)]
     pub failure: Option<FailureKind>,
     #[serde(rename = "logsURL")]
@@ -208,6 +210,7 @@ mod tests {
             snapshot: None,
             size_bytes: None,
             error: None,
+            cancelled: false,
             failure: None,
             logs_url: logs_path(id),
             events_url: events_path(id),
@@ -221,7 +224,7 @@ mod tests {
             concat!(
                 r#"{"jobID":"8b5c0f6e-7d1a-4c1e-9a7e-2f0a7f9e1c3d","name":"fbsd14-min","#,
                 r#""from":"oci:quay.io/dougrabson/freebsd14-minimal","status":"queued","#,
-                r#""createdAt":"2026-04-25T12:00:00.000001Z","#,
+                r#""createdAt":"2026-04-25T12:00:00.000001Z","cancelled":false,"#,
                 r#""logsURL":"/templates/builds/8b5c0f6e-7d1a-4c1e-9a7e-2f0a7f9e1c3d/logs","#,
                 r#""eventsURL":"/templates/builds/8b5c0f6e-7d1a-4c1e-9a7e-2f0a7f9e1c3d/events","#,
                 r#""templateURL":"/templates/fbsd14-min"}"#

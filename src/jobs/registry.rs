@@ -3,11 +3,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
 use super::history::{History, LogPersister, Recovered};
-use super::job::Job;
+use super::job::{CancelOutcome, CancelReason, Job};
 use super::log_buffer::LogLimits;
 use super::model::{JobId, JobStatus, JobView};
 use super::store::JobRecord;
@@ -52,6 +53,18 @@ pub enum SubmitError {
 
     #[error("a build of template {name} is already {status} as job {job}; follow that job instead of starting another")]
     BuildInProgress { name: TemplateName, job: JobId, status: JobStatus },
+
+    #[error("the server is shutting down and accepts no new builds; submit the build again once it is back")]
+    ShuttingDown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("job {0} not found; GET /templates/builds lists the jobs this server retains")]
+    NotFound(JobId),
+
+    #[error("job {} already {}; only a queued or running job can be cancelled", .0.job_id, .0.status)]
+    AlreadyFinished(Box<JobView>),
 }
 
 /// The filter of a job listing; `None` matches every job.
@@ -69,6 +82,7 @@ struct Inner {
     finished: VecDeque<JobId>,
     next_number: u64,
     queue: mpsc::UnboundedSender<Arc<Job>>,
+    shutting_down: bool,
 }
 
 /// All jobs of this process. A submission checks the template registry and the name
@@ -102,6 +116,7 @@ impl JobRegistry {
                 finished: VecDeque::new(),
                 next_number: 0,
                 queue,
+                shutting_down: false,
             }),
             history: OnceLock::new(),
         });
@@ -158,6 +173,9 @@ impl JobRegistry {
 
         let mut inner = self.lock();
 
+        if inner.shutting_down {
+            return Err(SubmitError::ShuttingDown);
+        }
         if let Some(template) = self.templates.get(name.as_str()) {
             return Err(SubmitError::TemplateExists { name, snapshot: template.snapshot });
         }
@@ -180,6 +198,55 @@ impl JobRegistry {
 
         tracing::info!(job = %job.id(), name = %job.name(), from = %job.from(), "job queued");
         Ok((job, view))
+    }
+
+    /// Cancels a queued or running job. A queued job leaves the queue and fails at
+    /// once. A running job's current command is terminated, cleanup runs, and the job
+    /// then fails with `cancelled: true`. Returns the job's view after the request.
+    pub fn cancel(&self, id: JobId) -> Result<JobView, CancelError> {
+        let job = self.get(id).ok_or(CancelError::NotFound(id))?;
+
+        match job.request_cancel(CancelReason::Request) {
+            CancelOutcome::AlreadyFinished => return Err(CancelError::AlreadyFinished(Box::new(job.view()))),
+            CancelOutcome::RemovedFromQueue => {
+                tracing::info!(job = %id, name = %job.name(), "job cancelled while queued");
+                self.finish_without_task(&job);
+            }
+            CancelOutcome::Stopping => tracing::info!(job = %id, name = %job.name(), "job cancel requested; stopping its import"),
+        }
+        Ok(job.view())
+    }
+
+    /// Stops accepting builds, cancels every queued and running job, and waits up to
+    /// `timeout` for their imports to stop and clean up. Returns the jobs still
+    /// unfinished at the deadline.
+    pub async fn shut_down(&self, timeout: Duration) -> Vec<JobId> {
+        let active: Vec<Arc<Job>> = {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            inner.active.values().filter_map(|id| inner.jobs.get(id).cloned()).collect()
+        };
+
+        for job in &active {
+            if job.request_cancel(CancelReason::Shutdown) == CancelOutcome::RemovedFromQueue {
+                self.finish_without_task(job);
+            }
+        }
+        tracing::info!(jobs = active.len(), "shutting down: stopping queued and running jobs");
+
+        let all_finished = futures_join_all(active.iter().map(|job| job.finished()));
+        if tokio::time::timeout(timeout, all_finished).await.is_err() {
+            let left: Vec<JobId> = active.iter().filter(|job| !job.status().is_finished()).map(|job| job.id()).collect();
+            tracing::warn!(jobs = ?left.iter().map(ToString::to_string).collect::<Vec<_>>(), timeout_secs = timeout.as_secs(), "jobs still stopping at the shutdown deadline");
+            return left;
+        }
+        Vec::new()
+    }
+
+    /// Ends a job that failed before its task ran: frees its name and closes its log.
+    fn finish_without_task(&self, job: &Job) {
+        self.release(job);
+        job.log().close();
     }
 
     pub fn get(&self, id: JobId) -> Option<Arc<Job>> {
@@ -267,7 +334,10 @@ impl JobRegistry {
 /// which spawned task the scheduler happens to poll first.
 async fn dispatch(registry: Weak<JobRegistry>, mut queue: mpsc::UnboundedReceiver<Arc<Job>>, slots: Arc<Semaphore>) {
     while let Some(job) = queue.recv().await {
-        // TODO: skip jobs whose cancel token fired while queued, once jobs can be cancelled.
+        // A job cancelled while queued has already failed; it needs no slot.
+        if job.status().is_finished() {
+            continue;
+        }
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
@@ -278,9 +348,15 @@ async fn dispatch(registry: Weak<JobRegistry>, mut queue: mpsc::UnboundedReceive
     }
 }
 
+/// Waits for every future; a small stand-in for `futures::future::join_all`.
+async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) {
+    for future in futures {
+        future.await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
     use crate::jobs::{LogCursor, LogWindow};

@@ -732,6 +732,7 @@ mod tests {
             snapshot: None,
             size_bytes: None,
             error: None,
+            cancelled: false,
             failure: None,
             logs_url: logs_path(id),
             events_url: events_path(id),

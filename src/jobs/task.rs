@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::job::Job;
+use super::job::{CancelReason, Job};
 use super::model::FailureKind;
 use super::registry::JobRegistry;
 use crate::import::{self, ImportError, ImportRequest, Imported};
@@ -35,7 +35,10 @@ impl LineSink for JobSink<'_> {
 pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: OwnedSemaphorePermit) {
     let span = tracing::info_span!("job", job = %job.id(), name = %job.name());
     async move {
-        job.mark_running();
+        if !job.mark_running() {
+            tracing::info!("job left the queue before it started");
+            return;
+        }
         registry.record(&job);
         // The row is committed before the import creates a container or a dataset, so
         // the start-up sweep after a crash knows the job that left them.
@@ -59,6 +62,20 @@ pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: O
             Ok(Ok(imported)) => {
                 job.record_success(&imported);
                 tracing::info!(snapshot = %imported.snapshot, size_bytes = ?imported.size_bytes, "job succeeded");
+            }
+            Ok(Err(ImportError::Cancelled { step })) => {
+                let (error, failure) = match job.cancel_reason() {
+                    Some(CancelReason::Shutdown) => (
+                        format!("the gateway shut down during step {step}; the import was stopped and cleaned up"),
+                        FailureKind::Interrupted,
+                    ),
+                    Some(CancelReason::Request) | None => (
+                        format!("cancelled during step {step}; the import was stopped and cleaned up"),
+                        FailureKind::Cancelled,
+                    ),
+                };
+                tracing::info!(step = step.as_str(), %error, "job stopped");
+                job.record_failure(error, failure);
             }
             Ok(Err(error)) => {
                 job.record_failure(error.to_string(), FailureKind::of(&error));

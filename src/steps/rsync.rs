@@ -35,9 +35,18 @@ pub fn exists_command(tools: &Tools, dataset: &Dataset) -> Command {
 /// Builds the copy. `-aHAX --numeric-ids` keeps modes, owners by number, hard links,
 /// ACLs and extended attributes. The trailing slashes copy the contents of `source`
 /// into `target` rather than the directory itself.
+///
+/// The target is always a dataset this import just created, so rsync has nothing to
+/// compare against and nothing to protect. `--inplace` writes each file directly
+/// instead of to a temporary file that is then renamed. On the 190 MB bench image
+/// copied into zfs-fuse, that cut rsync from 4.8 s to 3.5 s (medians of three runs of
+/// `scripts/bench` on a 2-core VM; BENCHMARKS.md has the table).
+/// A copy that fails halfway leaves partial files, but cleanup then destroys the
+/// dataset. `--whole-file` is already rsync's default between local paths, and is
+/// spelled out so that no delta transfer is ever attempted.
 pub fn rsync_command(tools: &Tools, source: &Path, target: &Path) -> Command {
     Command::new(&tools.rsync)
-        .args(["-aHAX", "--numeric-ids", "--delete"])
+        .args(["-aHAX", "--numeric-ids", "--delete", "--inplace", "--whole-file"])
         .arg(with_trailing_slash(source))
         .arg(with_trailing_slash(target))
 }
@@ -143,7 +152,7 @@ mod tests {
         assert_eq!(command.program().to_str(), Some("rsync"));
         assert_eq!(
             command.arg_strings(),
-            ["-aHAX", "--numeric-ids", "--delete", "/var/mnt/root/", "/jails/web-template/"]
+            ["-aHAX", "--numeric-ids", "--delete", "--inplace", "--whole-file", "/var/mnt/root/", "/jails/web-template/"]
         );
     }
 }

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use coppice::http::{App, Server};
+use coppice::http::{ApiKey, App, Server};
 use coppice::import::{ImportConfig, StepTimeouts};
 use coppice::jobs::{JobRegistry, JobsConfig};
 use coppice::names::Dataset;
@@ -57,6 +57,11 @@ impl TestServer {
     }
 
     pub async fn start_with(import: ImportConfig, config: JobsConfig) -> Self {
+        Self::start_with_key(import, config, None).await
+    }
+
+    /// Starts a server that requires `key` in `X-API-Key` when it is set.
+    pub async fn start_with_key(import: ImportConfig, config: JobsConfig, key: Option<ApiKey>) -> Self {
         let templates = Arc::new(TemplateRegistry::default());
         if let Err(error) = templates.reload(&import).await {
             panic!("failed to list the templates under {}: {error}; run `bash scripts/setup` first", import.jails);
@@ -65,7 +70,8 @@ impl TestServer {
         let jobs = JobRegistry::start(import, config, templates);
         let shutdown = CancellationToken::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("failed to bind 127.0.0.1:0");
-        let server = Server::from_listener(listener, App::new(Arc::clone(&jobs), shutdown.clone()))
+        let app = App::new(Arc::clone(&jobs), shutdown.clone()).with_api_key(key);
+        let server = Server::from_listener(listener, app)
             .with_shutdown_timeout(Duration::from_secs(2));
         let addr = server.local_addr().expect("listener has no local address");
         let task = tokio::spawn(server.run());

@@ -5,6 +5,7 @@ mod faults;
 mod http;
 mod http_support;
 mod import;
+mod lifecycle;
 mod parity;
 mod restart;
 mod support;
