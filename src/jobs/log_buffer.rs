@@ -18,7 +18,8 @@ use crate::line::LogLine;
 /// Default cap on retained lines per job.
 pub const DEFAULT_MAX_LINES: usize = 10_000;
 
-/// Default cap on retained bytes per job, as counted by [`line_cost`].
+/// Default cap on retained bytes per job, as counted by [`line_cost`] (plus, while the
+/// log is open, each line's slot for shared JSON).
 pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Caps of one job's buffer. When either is exceeded the oldest lines are dropped, but
@@ -128,31 +129,22 @@ pub struct EncodedBatch {
     pub skipped: u64,
 }
 
-/// A retained line and, once a follower has read it while the log was open, its JSON.
-///
-/// Every follower of a live log sends the same lines, so each line is serialized once
-/// and the followers share the text: with 100 followers, serializing per follower cost
-/// most of the server's CPU (`scripts/bench`, part 3).
-struct Stored {
-    line: LogLine,
-    json: Option<Arc<str>>,
-}
-
-impl Stored {
-    /// Returns the memory this entry is charged: the line, plus its JSON when encoded.
-    fn cost(&self) -> usize {
-        line_cost(&self.line) + self.json.as_ref().map_or(0, |json| json_cost(json))
-    }
-}
-
-/// Returns the heap block of an `Arc<str>`: two reference counts and the text.
-fn json_cost(json: &Arc<str>) -> usize {
-    heap_block(2 * size_of::<usize>() + json.len())
+/// Returns the memory a line's shared JSON is charged: its slot in the queue of JSON,
+/// plus the heap block of the `Arc<str>` (two reference counts and the text) once the
+/// line is encoded.
+fn json_cost(json: &Option<Arc<str>>) -> usize {
+    size_of::<Option<Arc<str>>>() + json.as_ref().map_or(0, |json| heap_block(2 * size_of::<usize>() + json.len()))
 }
 
 #[derive(Default)]
 struct Retained {
-    lines: VecDeque<Stored>,
+    lines: VecDeque<LogLine>,
+    /// While the log is open, the JSON of each retained line (same index as `lines`)
+    /// once a follower has read it. Every follower of a live log sends the same lines,
+    /// so each line is serialized once and the followers share the text: with 100
+    /// followers, serializing per follower cost most of the server's CPU
+    /// (`scripts/bench`, part 3). Empty once the log is closed.
+    json: VecDeque<Option<Arc<str>>>,
     bytes: usize,
     evicted: u64,
     /// The `seq` and `ts` of the newest evicted line, which tell whether a cursor
@@ -164,7 +156,7 @@ impl Retained {
     /// Returns the index of the first retained line with `seq > after`.
     fn index_after(&self, after: u64) -> usize {
         match self.lines.front() {
-            Some(front) if after >= front.line.seq => usize::try_from(after - front.line.seq + 1).map_or(self.lines.len(), |index| index.min(self.lines.len())),
+            Some(front) if after >= front.seq => usize::try_from(after - front.seq + 1).map_or(self.lines.len(), |index| index.min(self.lines.len())),
             _ => 0,
         }
     }
@@ -174,7 +166,7 @@ impl Retained {
     fn range_after(&self, after: u64, max: usize) -> (std::ops::Range<usize>, u64) {
         let start = self.index_after(after);
         let skipped = match self.lines.front() {
-            Some(front) if start == 0 => front.line.seq.saturating_sub(after + 1),
+            Some(front) if start == 0 => front.seq.saturating_sub(after + 1),
             _ => 0,
         };
         (start..self.lines.len().min(start + max), skipped)
@@ -220,10 +212,11 @@ impl LogBuffer {
     pub fn push(&self, line: LogLine) {
         let seq = line.seq;
         let mut retained = self.lock();
-        debug_assert!(retained.lines.back().is_none_or(|last| last.line.seq + 1 == seq), "log lines must arrive in seq order without gaps");
+        debug_assert!(retained.lines.back().is_none_or(|last| last.seq + 1 == seq), "log lines must arrive in seq order without gaps");
 
-        retained.bytes += line_cost(&line);
-        retained.lines.push_back(Stored { line, json: None });
+        retained.bytes += line_cost(&line) + json_cost(&None);
+        retained.lines.push_back(line);
+        retained.json.push_back(None);
         self.evict_over_limits(&mut retained);
 
         // Updated under the lock so that followers see `last_seq` only once the line is readable.
@@ -240,13 +233,8 @@ impl LogBuffer {
     /// is read rarely enough that it is not worth keeping twice.
     pub fn close(&self) {
         let mut retained = self.lock();
-        let mut freed = 0;
-        for stored in &mut retained.lines {
-            if let Some(json) = stored.json.take() {
-                freed += json_cost(&json);
-            }
-        }
-        retained.bytes -= freed;
+        let json = std::mem::take(&mut retained.json);
+        retained.bytes -= json.iter().map(json_cost).sum::<usize>();
         retained.lines.shrink_to_fit();
         self.progress.send_modify(|progress| progress.closed = true);
     }
@@ -255,9 +243,12 @@ impl LogBuffer {
     fn evict_over_limits(&self, retained: &mut Retained) {
         while retained.lines.len() > self.limits.max_lines || (retained.bytes > self.limits.max_bytes && retained.lines.len() > 1) {
             let Some(oldest) = retained.lines.pop_front() else { break };
-            retained.bytes -= oldest.cost();
+            retained.bytes -= line_cost(&oldest);
+            if let Some(json) = retained.json.pop_front() {
+                retained.bytes -= json_cost(&json);
+            }
             retained.evicted += 1;
-            retained.last_evicted = Some((oldest.line.seq, oldest.line.ts));
+            retained.last_evicted = Some((oldest.seq, oldest.ts));
         }
     }
 
@@ -301,7 +292,7 @@ impl LogBuffer {
                 (retained.index_after(after), retained.last_evicted.is_some_and(|(seq, _)| seq > after))
             }
             LogCursor::Since(since) => {
-                (retained.lines.partition_point(|stored| stored.line.ts <= since), retained.last_evicted.is_some_and(|(_, ts)| ts > since))
+                (retained.lines.partition_point(|line| line.ts <= since), retained.last_evicted.is_some_and(|(_, ts)| ts > since))
             }
         };
 
@@ -311,7 +302,7 @@ impl LogBuffer {
             LogWindow::Last(count) => (retained.lines.len() - count.min(matched)..retained.lines.len(), matched > count),
         };
 
-        LogPage { lines: retained.lines.range(range).map(|stored| stored.line.clone()).collect(), truncated: cut || evicted_matched }
+        LogPage { lines: retained.lines.range(range).cloned().collect(), truncated: cut || evicted_matched }
     }
 
     /// Returns up to `max` lines with `seq > after`, and how many such lines were evicted.
@@ -320,7 +311,7 @@ impl LogBuffer {
 
         let (range, skipped) = retained.range_after(after, max);
 
-        LogBatch { lines: retained.lines.range(range).map(|stored| stored.line.clone()).collect(), skipped }
+        LogBatch { lines: retained.lines.range(range).cloned().collect(), skipped }
     }
 
     /// Returns up to `max` lines with `seq > after` as JSON, and how many such lines
@@ -331,24 +322,27 @@ impl LogBuffer {
     /// the log is closed, each call serializes its lines anew.
     pub fn read_encoded_after(&self, after: u64, max: usize) -> EncodedBatch {
         let mut retained = self.lock();
-        let closed = self.progress.borrow().closed;
 
         let (range, skipped) = retained.range_after(after, max);
         let mut lines = Vec::with_capacity(range.len());
         let mut added = 0;
-        for stored in retained.lines.range_mut(range) {
-            let json = match &stored.json {
-                Some(json) => Arc::clone(json),
-                None => {
-                    let json: Arc<str> = encode(&stored.line).into();
-                    if !closed {
-                        added += json_cost(&json);
-                        stored.json = Some(Arc::clone(&json));
+        let Retained { lines: retained_lines, json: retained_json, .. } = &mut *retained;
+        for index in range {
+            let line = &retained_lines[index];
+            // Closed logs keep no JSON, so their slot is missing.
+            let slot = retained_json.get_mut(index);
+            let json = match slot.as_deref() {
+                Some(Some(json)) => Arc::clone(json),
+                _ => {
+                    let json: Arc<str> = encode(line).into();
+                    if let Some(slot) = slot {
+                        added += json_cost(&Some(Arc::clone(&json))) - json_cost(&None);
+                        *slot = Some(Arc::clone(&json));
                     }
                     json
                 }
             };
-            lines.push(EncodedLine { seq: stored.line.seq, json });
+            lines.push(EncodedLine { seq: line.seq, json });
         }
         retained.bytes += added;
         // The JSON grows the charge; lines the followers already read make room for it.
@@ -468,6 +462,11 @@ mod tests {
         buffer
     }
 
+    /// Returns what a line is charged while the log is open: the line and its JSON slot.
+    fn open_cost(line: &LogLine) -> usize {
+        line_cost(line) + json_cost(&None)
+    }
+
     fn seqs(page: &LogPage) -> Vec<u64> {
         page.lines.iter().map(|line| line.seq).collect()
     }
@@ -490,7 +489,7 @@ mod tests {
     #[test]
     fn evicts_oldest_over_byte_cap() {
         // Line 10 has the longest text of the ten, so three of any of them fit.
-        let cost = line_cost(&line(10));
+        let cost = open_cost(&line(10));
         let buffer = buffer_with(10, LogLimits { max_lines: 100, max_bytes: cost * 3 });
 
         assert_eq!(buffer.len(), 3);
@@ -655,14 +654,15 @@ mod tests {
         buffer.close();
         let after_close = buffer.read_encoded_after(0, 5);
 
-        assert_eq!(buffer.lock().bytes, charged_before);
+        assert!(charged_before > 0);
+        assert_eq!(buffer.lock().bytes, (1..=5).map(|seq| line_cost(&line(seq))).sum::<usize>());
         assert_eq!(after_close.lines.len(), 5);
-        assert!(buffer.lock().lines.iter().all(|stored| stored.json.is_none()), "a closed log kept JSON");
+        assert!(buffer.lock().json.is_empty(), "a closed log kept JSON");
     }
 
     #[test]
     fn shared_json_counts_toward_byte_cap() {
-        let cost = line_cost(&line(10));
+        let cost = open_cost(&line(10));
         let buffer = buffer_with(4, LogLimits { max_lines: 100, max_bytes: cost * 4 });
 
         buffer.read_encoded_after(0, 4);
