@@ -41,7 +41,7 @@ pub(super) async fn run_job(registry: Arc<JobRegistry>, job: Arc<Job>, permit: O
         }
         registry.record(&job);
         // The row is committed before the import creates a container or a dataset, so
-        // the start-up sweep after a crash knows the job that left them.
+        // after a crash the start-up sweep finds the job that left them in the history.
         registry.sync_history().await;
         let persister = registry.persist_log(&job);
         tracing::info!("job started");
