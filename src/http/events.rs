@@ -233,16 +233,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_ends_open_stream() {
+    async fn shutdown_sends_done_and_ends() {
         let buffer = buffer_with(1);
         let shutdown = CancellationToken::new();
         let mut body = body(&buffer, 0, &shutdown);
 
         let first = next_text(&mut body).await;
         shutdown.cancel();
+        let last = next_text(&mut body).await;
         let after = next_text(&mut body).await;
 
         assert_eq!(first.unwrap(), log_frame(1));
+        assert_eq!(last.as_deref(), Some(DONE));
         assert_eq!(after, None);
     }
 
