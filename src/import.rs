@@ -273,10 +273,12 @@ async fn cleanup(config: &ImportConfig, dataset: &Dataset, progress: &Progress, 
 
     // A dataset with @base is a ready template even if a later step failed, so only an
     // unfinished one is destroyed.
-    if failed && progress.dataset_created && !progress.snapshot_taken {
-        if let Err(error) = steps::destroy_dataset(context, dataset).await {
-            tracing::warn!(%dataset, %error, "failed to destroy the unfinished dataset");
-            context.log.emit(Stream::Stderr, format!("coppice: failed to destroy {dataset}: {error}"));
-        }
+    if failed
+        && progress.dataset_created
+        && !progress.snapshot_taken
+        && let Err(error) = steps::destroy_dataset(context, dataset).await
+    {
+        tracing::warn!(%dataset, %error, "failed to destroy the unfinished dataset");
+        context.log.emit(Stream::Stderr, format!("coppice: failed to destroy {dataset}: {error}"));
     }
 }

@@ -680,7 +680,7 @@ mod tests {
         LogLine {
             ts: ts(seq as i64),
             source: SOURCE.to_owned(),
-            stream: if seq % 2 == 0 { Stream::Stdout } else { Stream::Stderr },
+            stream: if seq.is_multiple_of(2) { Stream::Stdout } else { Stream::Stderr },
             text: format!("line {seq} ✓"),
             step: Step::Rsync,
             seq,

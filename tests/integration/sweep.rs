@@ -33,8 +33,8 @@ async fn sweep_removes_only_marked_leftovers_of_dead_imports() {
     let containers = buildah_containers();
     let _ = std::process::Command::new("buildah").args(["rm", &live_container]).output();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_eq!(report.destroyed_datasets, [half.dataset.clone()]);
-    assert_eq!(report.removed_containers, [dead_container.clone()]);
+    assert_eq!(report.destroyed_datasets, std::slice::from_ref(&half.dataset));
+    assert_eq!(report.removed_containers, std::slice::from_ref(&dead_container));
     assert!(!dataset_exists(&half.dataset), "the unfinished dataset survived");
     assert!(dataset_exists(&live.dataset), "a live job's dataset was destroyed");
     assert!(dataset_exists(&format!("{}@base", done.dataset)), "a ready template was destroyed");

@@ -170,7 +170,8 @@ fn tree_comparison_detects_each_kind_of_change() {
     symlink("d/a", root.join("s")).unwrap();
     let expected = Tree::read(&root);
 
-    let changes: [(&str, fn(&Path)); 6] = [
+    type Change = fn(&Path);
+    let changes: [(&str, Change); 6] = [
         ("nothing", |_| {}),
         ("mode", |root| fs::set_permissions(root.join("b"), fs::Permissions::from_mode(0o600)).unwrap()),
         ("contents", |root| {
