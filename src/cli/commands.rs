@@ -14,6 +14,7 @@ use coppice::templates::TemplateRegistry;
 
 use super::args::{Cli, Command, ImportArgs, StepCommand, TemplatesArgs};
 use super::print::PrintSink;
+use super::signals;
 use super::serve::serve;
 
 /// Exit status of a failed import or step.
@@ -64,26 +65,9 @@ fn exit_code_of(error: &ImportError) -> u8 {
     }
 }
 
-/// Returns a token cancelled by the first SIGINT or SIGTERM.
+/// Returns a token cancelled by the first SIGINT or SIGTERM, telling the operator so.
 fn cancel_on_signal() -> CancellationToken {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let cancel = CancellationToken::new();
-    let token = cancel.clone();
-    tokio::spawn(async move {
-        let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-        else {
-            tracing::warn!("failed to install signal handlers; Ctrl-C will not clean up");
-            return;
-        };
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        eprintln!("coppice: received {name}, stopping the running command and cleaning up");
-        token.cancel();
-    });
-    cancel
+    signals::cancel_on_signal(|name| eprintln!("coppice: received {name}, stopping the running command and cleaning up"))
 }
 
 async fn run_step(config: &ImportConfig, command: StepCommand) -> ExitCode {

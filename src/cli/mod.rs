@@ -5,6 +5,7 @@ pub mod args;
 mod commands;
 mod print;
 mod serve;
+mod signals;
 mod state;
 
 pub use commands::run;

@@ -13,6 +13,7 @@ use coppice::templates::TemplateRegistry;
 
 use super::args::ServeArgs;
 use super::commands::EXIT_FAILED;
+use super::signals;
 use super::state::recover_history;
 
 pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
@@ -92,22 +93,5 @@ fn read_api_key(args: &ServeArgs) -> Result<Option<ApiKey>, String> {
 
 /// Returns a token cancelled by the first SIGINT or SIGTERM.
 fn stop_on_signal() -> CancellationToken {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-        else {
-            tracing::warn!("failed to install signal handlers; SIGINT and SIGTERM will not shut the server down gracefully");
-            return;
-        };
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        tracing::info!(signal = name, "shutting down");
-        token.cancel();
-    });
-    shutdown
+    signals::cancel_on_signal(|name| tracing::info!(signal = name, "shutting down"))
 }
