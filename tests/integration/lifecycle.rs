@@ -325,3 +325,37 @@ async fn wait_until(condition: impl Fn() -> bool, limit: Duration) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_do_not_cancel_builds() {
+    use tokio::io::AsyncWriteExt;
+
+    let env = test_env();
+    let server = TestServer::start().await;
+    let name = unique_name("life-drop");
+    let _guard = TemplateGuard::new(&env, &name);
+    let body = serde_json::to_string(&serde_json::json!({"name": name, "from": format!("oci:{}", env.image)})).unwrap();
+    let mut blocking = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let raw = format!(
+        "POST /templates HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    blocking.write_all(raw.as_bytes()).await.unwrap();
+    let id = loop {
+        let jobs = server.get(&format!("/templates/builds?name={name}")).await.json();
+        if let Some(job) = jobs.as_array().and_then(|jobs| jobs.first()) {
+            break job_id(job);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let events = send(server.addr, Method::GET, &format!("/templates/builds/{id}/events"), &[], None).await;
+    let before = server.get(&format!("/templates/builds/{id}")).await.json();
+    assert!(matches!(before["status"].as_str(), Some("queued" | "running")), "the build ended before the drop: {before}");
+
+    drop(blocking);
+    drop(events);
+    let job = server.wait_finished(&id).await;
+
+    assert_eq!(job["status"], "succeeded", "a dropped connection stopped the build: {job}");
+    assert_eq!(job["cancelled"], false, "{job}");
+}
