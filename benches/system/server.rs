@@ -171,8 +171,9 @@ fn free_loopback_address() -> SocketAddr {
     listener.local_addr().expect("the bound address")
 }
 
-/// Writes the stand-in tools. They answer exactly the commands the import and the
-/// health check run; the rsync execs the generator with the arguments in rsync.args.
+/// Writes the stand-in tools. They answer exactly the commands that the import, the
+/// health check and the start-up sweep run; the rsync execs the generator with the
+/// arguments in rsync.args.
 fn write_tools(dir: &Path) {
     let generator = std::env::current_exe().expect("own path");
     let buildah = r#"#!/bin/sh
@@ -182,6 +183,7 @@ case "$1" in
     from) echo "$4" ;;
     mount) echo /nonexistent/coppice-bench-mount ;;
     umount|rm) ;;
+    containers) ;;
     *) echo "stand-in buildah: unexpected arguments: $*" >&2; exit 2 ;;
 esac
 "#;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
+use memchr::memmem;
 
 use crate::Settings;
 use crate::ingest::seconds;
@@ -130,17 +131,18 @@ async fn watch(address: std::net::SocketAddr, path: &str, connected: &AtomicUsiz
     assert_eq!(status, 200, "GET {path}");
     connected.fetch_add(1, Ordering::Release);
 
+    // The watchers share the machine's two cores with the server, so they parse bytes
+    // in place and look only at what the checks need.
     let mut seen = Seen { in_order: true, ..Seen::default() };
-    let mut pending = String::new();
+    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut clock = TsParser::default();
     while let Some(chunk) = connection.next_chunk().await.expect("read the event stream") {
         let arrived = Utc::now().timestamp_micros();
-        pending.push_str(&String::from_utf8_lossy(&chunk));
+        pending.extend_from_slice(&chunk);
         let mut consumed = 0;
-        while let Some(end) = pending[consumed..].find("\n\n") {
-            let event = &pending[consumed..consumed + end];
+        while let Some(end) = memmem::find(&pending[consumed..], b"\n\n") {
+            read_event(&pending[consumed..consumed + end], arrived, &mut clock, &mut seen);
             consumed += end + 2;
-            read_event(event, arrived, &mut clock, &mut seen);
         }
         pending.drain(..consumed);
         if seen.done {
@@ -150,25 +152,25 @@ async fn watch(address: std::net::SocketAddr, path: &str, connected: &AtomicUsiz
     seen
 }
 
-fn read_event(event: &str, arrived: i64, clock: &mut TsParser, seen: &mut Seen) {
-    let mut name = "";
+fn read_event(event: &[u8], arrived: i64, clock: &mut TsParser, seen: &mut Seen) {
+    let mut name: &[u8] = b"";
     let mut id = None;
-    let mut data = "";
-    for line in event.lines() {
-        if let Some(comment) = line.strip_prefix(':') {
-            if comment.contains("dropped") {
+    let mut data: &[u8] = b"";
+    for line in event.split(|byte| *byte == b'\n') {
+        if let Some(comment) = line.strip_prefix(b":") {
+            if memmem::find(comment, b"dropped").is_some() {
                 seen.skipped_notices += 1;
             }
-        } else if let Some(value) = line.strip_prefix("event: ") {
+        } else if let Some(value) = line.strip_prefix(b"event: ") {
             name = value;
-        } else if let Some(value) = line.strip_prefix("id: ") {
-            id = value.parse::<u64>().ok();
-        } else if let Some(value) = line.strip_prefix("data: ") {
+        } else if let Some(value) = line.strip_prefix(b"id: ") {
+            id = parse_number(value);
+        } else if let Some(value) = line.strip_prefix(b"data: ") {
             data = value;
         }
     }
     match name {
-        "log" => {
+        b"log" => {
             let seq = id.unwrap_or(0);
             seen.in_order &= seq == seen.last_seq + 1;
             seen.last_seq = seq;
@@ -177,30 +179,37 @@ fn read_event(event: &str, arrived: i64, clock: &mut TsParser, seen: &mut Seen) 
                 seen.delays.push(u32::try_from((arrived - ts).max(0)).unwrap_or(u32::MAX));
             }
         }
-        "done" => seen.done = true,
+        b"done" => seen.done = true,
         _ => {}
     }
+}
+
+fn parse_number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |value, digit| value * 10 + u64::from(digit - b'0')))
 }
 
 /// Reads `"ts":"YYYY-MM-DDTHH:MM:SS.ffffffZ"` from a log event's JSON without a full
 /// parse, caching the date, since clients here parse millions of lines.
 #[derive(Default)]
 struct TsParser {
-    date: String,
+    date: Vec<u8>,
     midnight_micros: i64,
 }
 
 impl TsParser {
-    fn micros(&mut self, data: &str) -> Option<i64> {
-        let start = data.find(r#""ts":""#)? + 6;
+    fn micros(&mut self, data: &[u8]) -> Option<i64> {
+        let start = memmem::find(data, br#""ts":""#)? + 6;
         let ts = data.get(start..start + 27)?;
         let (date, time) = (&ts[..10], &ts[11..26]);
-        if date != self.date {
-            let day = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+        if date != self.date.as_slice() {
+            let day = NaiveDate::parse_from_str(std::str::from_utf8(date).ok()?, "%Y-%m-%d").ok()?;
             self.midnight_micros = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
-            self.date = date.to_owned();
+            self.date = date.to_vec();
         }
-        let number = |range: std::ops::Range<usize>| time.get(range)?.parse::<i64>().ok();
+        let number = |range: std::ops::Range<usize>| time.get(range).and_then(parse_number).map(|value| value as i64);
         let (hours, minutes, secs, micros) = (number(0..2)?, number(3..5)?, number(6..8)?, number(9..15)?);
         Some(self.midnight_micros + ((hours * 60 + minutes) * 60 + secs) * 1_000_000 + micros)
     }
