@@ -85,8 +85,16 @@ pub enum ImportError {
     #[error(transparent)]
     InvalidName(#[from] NameError),
 
-    #[error("template {name} already exists: dataset {dataset} is present; destroy it first (zfs destroy -r {dataset}) or choose another name")]
+    #[error(
+        "dataset {dataset} for template {name} already exists, so this import left it untouched; choose another name, or if it is an unfinished leftover (no @base snapshot) of an import that is not running, destroy it with `zfs destroy -r {dataset}`"
+    )]
     AlreadyExists { name: TemplateName, dataset: String },
+
+    #[error("jails dataset {jails} does not exist; create it (zfs create -p {jails}) or choose another with --jails-dataset")]
+    JailsMissing { jails: String },
+
+    #[error("template {name} is ready ({dataset}@base exists), so cleanup leaves it; destroy a ready template with `zfs destroy -r {dataset}` once no sandbox uses it")]
+    Ready { name: TemplateName, dataset: String },
 
     #[error("step {step} failed: {source}")]
     Step {
@@ -111,7 +119,10 @@ impl ImportError {
     /// Returns the step the import failed in, when it got that far.
     pub fn step(&self) -> Option<Step> {
         match self {
-            ImportError::InvalidName(_) | ImportError::AlreadyExists { .. } => None,
+            ImportError::InvalidName(_)
+            | ImportError::AlreadyExists { .. }
+            | ImportError::JailsMissing { .. }
+            | ImportError::Ready { .. } => None,
             ImportError::Step { step, .. } | ImportError::TimedOut { step, .. } | ImportError::Cancelled { step } => {
                 Some(*step)
             }
@@ -182,8 +193,11 @@ async fn run_steps(
     let runner = StepRunner { config, stamper, options: &options };
 
     let context = runner.enter(Step::Pull);
-    // The dataset check runs before the pull, so a taken name fails in a second rather
-    // than after a long download. `zfs create` without -p stays the authoritative check.
+    // The dataset checks run before the pull, so a missing jails dataset or a taken
+    // name fails in a second rather than after a long download. `zfs create` without -p stays the authoritative check.
+    if !runner.step(Step::Pull, steps::dataset_exists(context, &config.jails)).await? {
+        return Err(ImportError::JailsMissing { jails: config.jails.to_string() });
+    }
     if runner.step(Step::Pull, steps::dataset_exists(context, dataset)).await? {
         return Err(ImportError::AlreadyExists { name: request.name.clone(), dataset: dataset.to_string() });
     }
@@ -209,9 +223,10 @@ async fn run_steps(
     progress.snapshot_taken = true;
 
     let context = runner.enter(Step::Reload);
+    let ticket = registry.ticket();
     let templates = runner.step(Step::Reload, steps::list_templates(context, &config.jails)).await?;
     let template = templates.iter().find(|template| template.name == request.name.as_str()).cloned();
-    registry.replace(templates);
+    registry.replace_from(ticket, templates);
 
     Ok(Imported { snapshot, size_bytes, template })
 }

@@ -19,6 +19,7 @@ const RESERVED_NAME: &str = "builds";
 pub async fn create_build(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (name, from) = read_build_request(request).await?;
 
+    app.refresh_templates().await;
     let (job, view) = app.jobs().submit(name, from)?;
 
     Ok(json_created(StatusCode::ACCEPTED, &job_path(job.id()), &view))
@@ -55,6 +56,7 @@ struct CreatedTemplate {
 pub async fn create_template(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (name, from) = read_build_request(request).await?;
 
+    app.refresh_templates().await;
     let (job, _) = app.jobs().submit(name, from)?;
 
     let view = tokio::select! {

@@ -45,6 +45,15 @@ impl App {
         &self.shutdown
     }
 
+    /// Reloads the template registry from ZFS, so that templates made or destroyed
+    /// outside this server (by `coppice import` or `zfs destroy`) show up at once. A
+    /// failed reload keeps the last listing, which is logged.
+    pub async fn refresh_templates(&self) {
+        if let Err(error) = self.jobs.templates().reload(self.jobs.import_config()).await {
+            tracing::warn!(%error, "failed to reload the templates from ZFS; serving the last listing");
+        }
+    }
+
     /// Looks up a job by the id in a URL path. An id that is not a UUID gets the same
     /// 404 as one that is no longer retained.
     pub fn job(&self, id: &str) -> Result<Arc<Job>, ApiError> {
@@ -95,13 +104,13 @@ impl App {
             (["healthz"], &Method::GET) => healthz(&self.health, self.jobs.import_config()).await,
             (["healthz"], _) => Err(not_allowed("GET")),
 
-            (["templates"], &Method::GET) => Ok(list_templates(self)),
+            (["templates"], &Method::GET) => Ok(list_templates(self).await),
             (["templates"], &Method::POST) => create_template(self, request).await,
             (["templates"], _) => Err(not_allowed("GET, POST")),
 
             // A template named "build" is still readable, since this path is POST-only for builds.
             (["templates", "build"], &Method::POST) => create_build(self, request).await,
-            (["templates", "build"], &Method::GET) => get_template(self, "build"),
+            (["templates", "build"], &Method::GET) => get_template(self, "build").await,
             (["templates", "build"], _) => Err(not_allowed("GET, POST")),
 
             (["templates", "builds"], &Method::GET) => list_builds(self, &query),
@@ -121,7 +130,7 @@ impl App {
             (["templates", "builds", id, "cancel"], &Method::POST) => cancel_build(self, id),
             (["templates", "builds", _, "cancel"], _) => Err(not_allowed("POST")),
 
-            (["templates", name], &Method::GET) => get_template(self, name),
+            (["templates", name], &Method::GET) => get_template(self, name).await,
             (["templates", _], _) => Err(not_allowed("GET")),
 
             _ => Err(ApiError::NotFound(format!(

@@ -6,12 +6,14 @@ use super::response::{ApiError, Body, json};
 use super::routes::App;
 
 /// `GET /templates`: every ready template, sorted by name.
-pub fn list_templates(app: &App) -> Response<Body> {
+pub async fn list_templates(app: &App) -> Response<Body> {
+    app.refresh_templates().await;
     json(StatusCode::OK, app.jobs().templates().list().as_slice())
 }
 
 /// `GET /templates/:name`.
-pub fn get_template(app: &App, name: &str) -> Result<Response<Body>, ApiError> {
+pub async fn get_template(app: &App, name: &str) -> Result<Response<Body>, ApiError> {
+    app.refresh_templates().await;
     match app.jobs().templates().get(name) {
         Some(template) => Ok(json(StatusCode::OK, &template)),
         None => Err(ApiError::NotFound(format!(

@@ -359,3 +359,26 @@ async fn dropped_connections_do_not_cancel_builds() {
     assert_eq!(job["status"], "succeeded", "a dropped connection stopped the build: {job}");
     assert_eq!(job["cancelled"], false, "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_made_or_destroyed_outside_show_at_once() {
+    let env = test_env();
+    let server = TestServer::start().await;
+    let name = unique_name("life-outside");
+    let guard = TemplateGuard::new(&env, &name);
+    let from = format!("oci:{}", env.image);
+
+    crate::support::run_ok(coppice_bin(), &["import", &name, &from]);
+    let after_import = server.get(&format!("/templates/{name}")).await;
+    let conflict = server.submit("/templates/build", &name, &env.image).await;
+    crate::support::destroy_dataset(&guard.dataset);
+    let after_destroy = server.get(&format!("/templates/{name}")).await;
+    let accepted = server.submit("/templates/build", &name, &env.image).await;
+
+    assert_eq!(after_import.status, StatusCode::OK, "{}", after_import.describe());
+    assert_eq!(conflict.status, StatusCode::CONFLICT, "{}", conflict.describe());
+    assert_eq!(after_destroy.status, StatusCode::NOT_FOUND, "{}", after_destroy.describe());
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.describe());
+    let job = server.wait_finished(&job_id(&accepted.json())).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+}
