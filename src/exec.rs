@@ -253,6 +253,9 @@ pub struct RunOptions {
     pub pipe_wait: Duration,
     /// Keep every stdout line in [`Finished::stdout`] besides sending it to the sink.
     pub capture_stdout: bool,
+    /// Send stdout lines to the sink. Off for machine-readable listings that the step
+    /// parses and summarizes, which would otherwise fill a job's bounded log.
+    pub log_stdout: bool,
 }
 
 impl Default for RunOptions {
@@ -263,6 +266,7 @@ impl Default for RunOptions {
             grace: Duration::from_secs(10),
             pipe_wait: Duration::from_secs(2),
             capture_stdout: false,
+            log_stdout: true,
         }
     }
 }
@@ -306,7 +310,7 @@ pub async fn run(command: &Command, log: StepLog<'_>, options: &RunOptions) -> R
     let mut group = GroupKiller::new(child.id());
     tracing::debug!(step = %log.step, pid = ?child.id(), "command started");
 
-    let mut reader = PipeReader::new(log, options.capture_stdout);
+    let mut reader = PipeReader::new(log, options.capture_stdout, options.log_stdout);
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let mut stdout_buf = vec![0u8; READ_CHUNK];
@@ -407,38 +411,42 @@ struct PipeReader<'a> {
     stdout_split: LineSplitter,
     stderr_split: LineSplitter,
     capture_stdout: bool,
+    log_stdout: bool,
     stdout: Vec<String>,
     stderr_tail: VecDeque<String>,
 }
 
 impl<'a> PipeReader<'a> {
-    fn new(log: StepLog<'a>, capture_stdout: bool) -> Self {
+    fn new(log: StepLog<'a>, capture_stdout: bool, log_stdout: bool) -> Self {
         Self {
             log,
             stdout_split: LineSplitter::default(),
             stderr_split: LineSplitter::default(),
             capture_stdout,
+            log_stdout,
             stdout: Vec::new(),
             stderr_tail: VecDeque::with_capacity(STDERR_TAIL_LINES),
         }
     }
 
     fn push(&mut self, stream: Stream, bytes: &[u8]) {
-        let Self { log, stdout_split, stderr_split, capture_stdout, stdout, stderr_tail } = self;
+        let Self { log, stdout_split, stderr_split, capture_stdout, log_stdout, stdout, stderr_tail } = self;
         let splitter = match stream {
             Stream::Stdout => stdout_split,
             Stream::Stderr => stderr_split,
         };
-        splitter.push(bytes, |line| deliver(*log, stream, line, *capture_stdout, stdout, stderr_tail));
+        let keep = Keep { capture_stdout: *capture_stdout, log_stdout: *log_stdout };
+        splitter.push(bytes, |line| deliver(*log, stream, line, keep, stdout, stderr_tail));
     }
 
     fn finish(&mut self, stream: Stream) {
-        let Self { log, stdout_split, stderr_split, capture_stdout, stdout, stderr_tail } = self;
+        let Self { log, stdout_split, stderr_split, capture_stdout, log_stdout, stdout, stderr_tail } = self;
         let splitter = match stream {
             Stream::Stdout => stdout_split,
             Stream::Stderr => stderr_split,
         };
-        splitter.finish(|line| deliver(*log, stream, line, *capture_stdout, stdout, stderr_tail));
+        let keep = Keep { capture_stdout: *capture_stdout, log_stdout: *log_stdout };
+        splitter.finish(|line| deliver(*log, stream, line, keep, stdout, stderr_tail));
     }
 
     fn into_result(
@@ -463,16 +471,29 @@ impl<'a> PipeReader<'a> {
     }
 }
 
+/// Where stdout lines go besides the sink.
+#[derive(Clone, Copy)]
+struct Keep {
+    capture_stdout: bool,
+    log_stdout: bool,
+}
+
 fn deliver(
     log: StepLog<'_>,
     stream: Stream,
     line: String,
-    capture_stdout: bool,
+    keep: Keep,
     stdout: &mut Vec<String>,
     stderr_tail: &mut VecDeque<String>,
 ) {
     match stream {
-        Stream::Stdout if capture_stdout => stdout.push(line.clone()),
+        Stream::Stdout if !keep.log_stdout => {
+            if keep.capture_stdout {
+                stdout.push(line);
+            }
+            return;
+        }
+        Stream::Stdout if keep.capture_stdout => stdout.push(line.clone()),
         Stream::Stdout => {}
         Stream::Stderr => {
             if stderr_tail.len() == STDERR_TAIL_LINES {

@@ -168,6 +168,17 @@ async fn capture_keeps_stdout_lines() {
 }
 
 #[tokio::test]
+async fn unlogged_stdout_is_still_captured() {
+    let options = RunOptions { capture_stdout: true, log_stdout: false, ..RunOptions::default() };
+
+    let (result, sink) = run_with(&sh("echo listing; echo warning >&2"), &options).await;
+
+    assert_eq!(result.unwrap().stdout, ["listing"]);
+    assert!(sink.output(Stream::Stdout).is_empty());
+    assert_eq!(sink.output(Stream::Stderr), ["warning"]);
+}
+
+#[tokio::test]
 async fn grandchild_holding_pipe_does_not_stall() {
     let options = RunOptions { pipe_wait: Duration::from_millis(300), ..RunOptions::default() };
     let started = Instant::now();

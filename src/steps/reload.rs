@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::context::{StepContext, StepError, Tools, run_step_command};
 use super::snapshot::BASE_SNAPSHOT;
-use crate::exec::Command;
+use crate::exec::{Command, RunOptions};
+use crate::line::Stream;
 use crate::names::Dataset;
 
 /// One ready template, as the registry and the API show it.
@@ -84,9 +85,20 @@ pub fn parse_templates(jails: &Dataset, rows: &[String]) -> Vec<Template> {
     templates.into_values().collect()
 }
 
+/// Lists the templates. The `zfs get` rows (three per dataset and snapshot under the
+/// jails dataset) are parsed but not logged, since on a busy pool they would crowd a
+/// job's bounded log; one summary line takes their place.
 pub async fn list_templates(context: StepContext<'_>, jails: &Dataset) -> Result<Vec<Template>, StepError> {
-    let finished = run_step_command(context, &list_command(context.tools, jails), true).await?;
-    Ok(parse_templates(jails, &finished.stdout))
+    let command = list_command(context.tools, jails);
+    let options = RunOptions { log_stdout: false, ..context.options.clone() };
+    let finished = run_step_command(StepContext { options: &options, ..context }, &command, true).await?;
+
+    let templates = parse_templates(jails, &finished.stdout);
+    context.log.emit(
+        Stream::Stdout,
+        format!("coppice: {} templates under {jails} ({} rows of zfs get output not shown)", templates.len(), finished.stdout.len()),
+    );
+    Ok(templates)
 }
 
 #[cfg(test)]
