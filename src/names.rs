@@ -136,6 +136,9 @@ impl ImageRef {
         }
 
         let Some((domain, path)) = name.split_once('/') else {
+            if looks_like_domain(rest) {
+                return Err(format!("the repository path after the registry host {rest:?} is missing (for example {rest}/NAME:TAG)"));
+            }
             return Err("the registry host is missing (for example 127.0.0.1:5000/NAME)".to_owned());
         };
         if !looks_like_domain(domain) {
@@ -450,6 +453,7 @@ mod tests {
             ("docker://quay.io/a/b", "does not start with \"oci:\""),
             ("oci:", "empty"),
             ("oci:ubuntu", "registry host is missing"),
+            ("oci:127.0.0.1:5000", "repository path after the registry host"),
             ("oci:library/ubuntu:22.04", "is not a registry host"),
             ("oci:docker://quay.io/a", "transport"),
             ("oci:quay.io/A/b", "path component \"A\""),

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use coppice::import::{ImportConfig, StepTimeouts};
@@ -68,27 +67,27 @@ pub struct GlobalArgs {
     pub arch: Option<String>,
 
     /// Time limit of the pull step, in seconds.
-    #[arg(long, env = "COPPICE_PULL_TIMEOUT", value_name = "SECONDS", default_value_t = 1800, global = true)]
+    #[arg(long, env = "COPPICE_PULL_TIMEOUT", value_name = "SECONDS", default_value_t = 1800, value_parser = parse_seconds, global = true)]
     pub pull_timeout: u64,
 
     /// Time limit of the mount step, in seconds.
-    #[arg(long, env = "COPPICE_MOUNT_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    #[arg(long, env = "COPPICE_MOUNT_TIMEOUT", value_name = "SECONDS", default_value_t = 300, value_parser = parse_seconds, global = true)]
     pub mount_timeout: u64,
 
     /// Time limit of the rsync step (dataset creation and copy), in seconds.
-    #[arg(long, env = "COPPICE_RSYNC_TIMEOUT", value_name = "SECONDS", default_value_t = 3600, global = true)]
+    #[arg(long, env = "COPPICE_RSYNC_TIMEOUT", value_name = "SECONDS", default_value_t = 3600, value_parser = parse_seconds, global = true)]
     pub rsync_timeout: u64,
 
     /// Time limit of the snapshot step, in seconds.
-    #[arg(long, env = "COPPICE_SNAPSHOT_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    #[arg(long, env = "COPPICE_SNAPSHOT_TIMEOUT", value_name = "SECONDS", default_value_t = 300, value_parser = parse_seconds, global = true)]
     pub snapshot_timeout: u64,
 
     /// Time limit of the reload step, in seconds.
-    #[arg(long, env = "COPPICE_RELOAD_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    #[arg(long, env = "COPPICE_RELOAD_TIMEOUT", value_name = "SECONDS", default_value_t = 300, value_parser = parse_seconds, global = true)]
     pub reload_timeout: u64,
 
     /// Time limit of the cleanup step, in seconds.
-    #[arg(long, env = "COPPICE_CLEANUP_TIMEOUT", value_name = "SECONDS", default_value_t = 300, global = true)]
+    #[arg(long, env = "COPPICE_CLEANUP_TIMEOUT", value_name = "SECONDS", default_value_t = 300, value_parser = parse_seconds, global = true)]
     pub cleanup_timeout: u64,
 
     /// Time between SIGTERM and SIGKILL when a command is stopped, in seconds.
@@ -210,6 +209,7 @@ pub enum StepCommand {
     },
 
     /// Unmount and remove a working container, and optionally destroy an unfinished template dataset.
+    #[command(group(clap::ArgGroup::new("work").required(true).multiple(true).args(["container", "destroy"])))]
     Cleanup {
         /// Working container to unmount and remove.
         #[arg(long)]
@@ -228,40 +228,42 @@ pub enum StepCommand {
 pub struct ServeArgs {
     /// Address and port the HTTP API listens on. Without an API key, keep it on
     /// loopback unless an authenticating proxy sits in front of it.
-    #[arg(long, env = "COPPICE_LISTEN", value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "COPPICE_LISTEN", value_name = "IP:PORT", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// File holding the API key that every request but GET /healthz must send in
     /// X-API-Key (a trailing newline is ignored).
-    #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
+    /// Without this option the key is read from the COPPICE_API_KEY environment
+    /// variable, if set.
+    #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
 
-    /// The API key itself; prefer --api-key-file, since a variable can leak into
-    /// process listings and crash reports.
-    #[arg(long = "api-key", env = "COPPICE_API_KEY", value_name = "KEY", hide_env_values = true)]
+    /// The key from COPPICE_API_KEY. There is deliberately no flag for it, since a
+    /// flag's value shows in every process listing.
+    #[arg(skip = std::env::var("COPPICE_API_KEY").ok())]
     pub api_key: Option<String>,
 
     /// Time a shutdown (SIGTERM or SIGINT) gives running builds to stop and clean up,
     /// in seconds, before the process exits anyway.
-    #[arg(long, env = "COPPICE_SHUTDOWN_TIMEOUT", value_name = "SECONDS", default_value_t = 60)]
+    #[arg(long, env = "COPPICE_SHUTDOWN_TIMEOUT", value_name = "SECONDS", default_value_t = 60, value_parser = parse_seconds)]
     pub shutdown_timeout: u64,
 
     /// Imports that run at once; further builds wait as `queued`, first in first out.
-    #[arg(long, env = "COPPICE_MAX_CONCURRENT_BUILDS", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONCURRENT_BUILDS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "COPPICE_MAX_CONCURRENT_BUILDS", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONCURRENT_BUILDS, value_parser = parse_count)]
     pub max_concurrent_builds: usize,
 
     /// Log lines kept per job; the oldest lines are dropped beyond this.
-    #[arg(long, env = "COPPICE_LOG_LINES", value_name = "COUNT", default_value_t = DEFAULT_MAX_LINES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "COPPICE_LOG_LINES", value_name = "COUNT", default_value_t = DEFAULT_MAX_LINES, value_parser = parse_count)]
     pub log_lines: usize,
 
     /// Log memory kept per job, in bytes (each line's estimated heap size: the line
     /// itself and the allocations of its text); the oldest lines are dropped beyond this.
-    #[arg(long, env = "COPPICE_LOG_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "COPPICE_LOG_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES, value_parser = parse_count)]
     pub log_bytes: usize,
 
     /// Finished jobs kept in memory for clients to inspect; the oldest finished job is
     /// dropped beyond this. Queued and running jobs are always kept.
-    #[arg(long, env = "COPPICE_RETAINED_JOBS", value_name = "COUNT", default_value_t = DEFAULT_RETAINED_JOBS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "COPPICE_RETAINED_JOBS", value_name = "COUNT", default_value_t = DEFAULT_RETAINED_JOBS, value_parser = parse_count)]
     pub retained_jobs: usize,
 
     /// Directory of the job history (a SQLite database and its lock file), created with
@@ -271,12 +273,12 @@ pub struct ServeArgs {
 
     /// Jobs kept in the job history; beyond this the oldest finished jobs are deleted
     /// with their logs. After a restart the newest --retained-jobs of them are served.
-    #[arg(long, env = "COPPICE_HISTORY_MAX_JOBS", value_name = "COUNT", default_value_t = DEFAULT_HISTORY_MAX_JOBS, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "COPPICE_HISTORY_MAX_JOBS", value_name = "COUNT", default_value_t = DEFAULT_HISTORY_MAX_JOBS, value_parser = parse_count)]
     pub history_max_jobs: usize,
 
     /// Age after which a finished job is deleted from the job history with its logs,
     /// in days (at most 36500).
-    #[arg(long, env = "COPPICE_HISTORY_MAX_AGE", value_name = "DAYS", default_value_t = DEFAULT_HISTORY_MAX_AGE_DAYS, value_parser = RangedU64ValueParser::<u64>::new().range(1..=36500))]
+    #[arg(long, env = "COPPICE_HISTORY_MAX_AGE", value_name = "DAYS", default_value_t = DEFAULT_HISTORY_MAX_AGE_DAYS, value_parser = parse_days)]
     pub history_max_age: u64,
 }
 
@@ -320,5 +322,34 @@ fn parse_dataset(value: &str) -> Result<Dataset, NameError> {
 fn parse_image_id(value: &str) -> Result<ImageId, String> {
     ImageId::parse(value).ok_or_else(|| {
         format!("invalid image ID {value:?}: use the 64 lowercase hex digits that `coppice step pull` prints")
+    })
+}
+
+fn parse_seconds(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("0 s would stop every command at once; use at least 1 second".to_owned()),
+        Ok(seconds) => Ok(seconds),
+        Err(_) => Err(format!("{value:?} is not a whole number of seconds; use an integer of 1 or more, such as 300")),
+    }
+}
+
+fn parse_count(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("the count must be at least 1".to_owned()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("{value:?} is not a whole number; use an integer of 1 or more")),
+    }
+}
+
+fn parse_days(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(days @ 1..=36500) => Ok(days),
+        _ => Err(format!("{value:?} is not a number of days from 1 to 36500")),
+    }
+}
+
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!("{value:?} is not an IP address and port; use a numeric address such as 127.0.0.1:8080 or [::1]:8080 (host names are not resolved)")
     })
 }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use coppice::exec::RunOptions;
@@ -46,8 +47,12 @@ async fn import(config: &ImportConfig, args: ImportArgs) -> ExitCode {
 
     match result {
         Ok(imported) => {
-            let size = imported.size_bytes.map_or_else(|| "unknown".to_owned(), |bytes| format!("{bytes} bytes"));
-            println!("template {} is ready: snapshot {}, size {size}", request.name, imported.snapshot);
+            if args.output.json {
+                print_result(true, &[("template", json!(request.name)), ("snapshot", json!(imported.snapshot)), ("sizeBytes", json!(imported.size_bytes))]);
+            } else {
+                let size = imported.size_bytes.map_or_else(|| "unknown".to_owned(), |bytes| format!("{bytes} bytes"));
+                println!("template {} is ready: snapshot {}, size {size}", request.name, imported.snapshot);
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -89,12 +94,15 @@ async fn run_step(config: &ImportConfig, command: StepCommand) -> ExitCode {
         StepCommand::Mount { image_id, container, .. } => step_mount(&runner, &image_id, container).await,
         StepCommand::Rsync { name, mount_path, from, .. } => step_rsync(&runner, config, &name, &mount_path, from).await,
         StepCommand::Snapshot { name, .. } => step_snapshot(&runner, config, &name).await,
-        StepCommand::Reload { .. } => step_reload(&runner, config).await,
+        StepCommand::Reload { .. } => step_reload(&runner, config, json).await,
         StepCommand::Cleanup { container, destroy, .. } => step_cleanup(&runner, config, container, destroy).await,
     };
 
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(fields) => {
+            print_result(json, &fields);
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("coppice: {error}");
             ExitCode::from(exit_code_of(&error))
@@ -102,21 +110,39 @@ async fn run_step(config: &ImportConfig, command: StepCommand) -> ExitCode {
     }
 }
 
-async fn step_pull(runner: &StepRunner<'_>, config: &ImportConfig, from: &ImageRef) -> Result<(), ImportError> {
-    let context = runner.enter(Step::Pull);
-    let image = runner.step(Step::Pull, steps::pull(context, from, config.arch.as_deref())).await?;
-    println!("image {image}");
-    Ok(())
+/// The result of a single step: named values printed after its output lines.
+type StepResult = Result<Vec<(&'static str, Value)>, ImportError>;
+
+/// Prints a result as `name value` lines, or with `--json` as one object
+/// `{"result": {...}}`, so that every line of JSON output parses.
+fn print_result(json: bool, fields: &[(&'static str, Value)]) {
+    if json {
+        let result: serde_json::Map<String, Value> = fields.iter().map(|(name, value)| ((*name).to_owned(), value.clone())).collect();
+        println!("{}", json!({ "result": result }));
+        return;
+    }
+    for (name, value) in fields {
+        match value {
+            Value::String(text) => println!("{name} {text}"),
+            Value::Null => println!("{name} unknown"),
+            Value::Array(_) => {}
+            other => println!("{name} {other}"),
+        }
+    }
 }
 
-async fn step_mount(runner: &StepRunner<'_>, image: &ImageId, container: Option<String>) -> Result<(), ImportError> {
+async fn step_pull(runner: &StepRunner<'_>, config: &ImportConfig, from: &ImageRef) -> StepResult {
+    let context = runner.enter(Step::Pull);
+    let image = runner.step(Step::Pull, steps::pull(context, from, config.arch.as_deref())).await?;
+    Ok(vec![("image", json!(image.as_str()))])
+}
+
+async fn step_mount(runner: &StepRunner<'_>, image: &ImageId, container: Option<String>) -> StepResult {
     let container = container.map_or_else(|| ContainerName::for_import(Uuid::new_v4()), |name| ContainerName::from_existing(&name));
 
     let context = runner.enter(Step::Mount);
     let mounted = runner.step(Step::Mount, steps::mount(context, image, &container)).await?;
-    println!("container {}", mounted.container);
-    println!("path {}", mounted.path.display());
-    Ok(())
+    Ok(vec![("container", json!(mounted.container.as_str())), ("path", json!(mounted.path))])
 }
 
 async fn step_rsync(
@@ -125,7 +151,7 @@ async fn step_rsync(
     name: &TemplateName,
     mount_path: &std::path::Path,
     from: Option<ImageRef>,
-) -> Result<(), ImportError> {
+) -> StepResult {
     let dataset = config.jails.template(name)?;
     let mut properties = vec![DatasetProperty { name: "coppice:job", value: Uuid::new_v4().to_string() }];
     if let Some(from) = from {
@@ -134,28 +160,35 @@ async fn step_rsync(
 
     let context = runner.enter(Step::Rsync);
     runner.step(Step::Rsync, steps::create_dataset(context, &dataset, &properties)).await?;
-    let mountpoint = runner.step(Step::Rsync, steps::read_mountpoint(context, &dataset)).await?;
-    runner.step(Step::Rsync, steps::copy(context, mount_path, &mountpoint)).await?;
-    println!("dataset {dataset}");
-    println!("mountpoint {}", mountpoint.display());
-    Ok(())
+
+    // A single step leaves what it made for the operator to inspect, so say how to
+    // remove it.
+    let copied = async {
+        let mountpoint = runner.step(Step::Rsync, steps::read_mountpoint(context, &dataset)).await?;
+        runner.step(Step::Rsync, steps::copy(context, mount_path, &mountpoint)).await?;
+        Ok::<_, ImportError>(mountpoint)
+    };
+    let mountpoint = copied.await.inspect_err(|_| {
+        eprintln!("coppice: {dataset} was created and is left as it is; remove it with `coppice step cleanup --destroy {name}`");
+    })?;
+    Ok(vec![("dataset", json!(dataset.as_str())), ("mountpoint", json!(mountpoint))])
 }
 
-async fn step_snapshot(runner: &StepRunner<'_>, config: &ImportConfig, name: &TemplateName) -> Result<(), ImportError> {
+async fn step_snapshot(runner: &StepRunner<'_>, config: &ImportConfig, name: &TemplateName) -> StepResult {
     let dataset = config.jails.template(name)?;
 
     let context = runner.enter(Step::Snapshot);
     let (snapshot, size) = runner.step(Step::Snapshot, steps::snapshot(context, &dataset)).await?;
-    println!("snapshot {snapshot}");
-    println!("size {}", size.map_or_else(|| "unknown".to_owned(), |bytes| bytes.to_string()));
-    Ok(())
+    Ok(vec![("snapshot", json!(snapshot)), ("sizeBytes", json!(size))])
 }
 
-async fn step_reload(runner: &StepRunner<'_>, config: &ImportConfig) -> Result<(), ImportError> {
+async fn step_reload(runner: &StepRunner<'_>, config: &ImportConfig, json: bool) -> StepResult {
     let context = runner.enter(Step::Reload);
     let templates = runner.step(Step::Reload, steps::list_templates(context, &config.jails)).await?;
-    print_templates(&templates, false);
-    Ok(())
+    if !json {
+        print_templates(&templates, false);
+    }
+    Ok(vec![("templates", json!(templates))])
 }
 
 async fn step_cleanup(
@@ -163,19 +196,27 @@ async fn step_cleanup(
     config: &ImportConfig,
     container: Option<String>,
     destroy: Option<TemplateName>,
-) -> Result<(), ImportError> {
+) -> StepResult {
     let context = runner.enter(Step::Cleanup);
+    let mut fields = Vec::new();
+
     if let Some(container) = container {
         let container = ContainerName::from_existing(&container);
         runner.step(Step::Cleanup, steps::remove_container(context, &container)).await?;
-        println!("removed container {container}");
+        fields.push(("removedContainer", json!(container.as_str())));
     }
+
     if let Some(name) = destroy {
         let dataset: Dataset = config.jails.template(&name)?;
+        // A dataset with @base is a ready template that sandboxes may clone; cleanup
+        // only removes unfinished ones.
+        if runner.step(Step::Cleanup, steps::has_base_snapshot(context, &dataset)).await? {
+            return Err(ImportError::Ready { name, dataset: dataset.to_string() });
+        }
         runner.step(Step::Cleanup, steps::destroy_dataset(context, &dataset)).await?;
-        println!("destroyed dataset {dataset}");
+        fields.push(("destroyedDataset", json!(dataset.as_str())));
     }
-    Ok(())
+    Ok(fields)
 }
 
 async fn templates(config: &ImportConfig, args: TemplatesArgs) -> ExitCode {

@@ -34,6 +34,13 @@ pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
         }
     }
 
+    // A missing tool does not stop the server (it may be installed later), but builds
+    // would fail after minutes of work, so say so now.
+    let health = coppice::health::probe(&config.tools, &config.jails).await;
+    if !health.is_ok() {
+        tracing::warn!(problems = %health.problems().join("; "), "a tool the builds need is not usable; builds will fail until it is fixed");
+    }
+
     let Some((history, recovered)) = recover_history(&config, &args).await else {
         return ExitCode::from(EXIT_FAILED);
     };

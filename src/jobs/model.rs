@@ -113,7 +113,7 @@ impl FailureKind {
             ImportError::AlreadyExists { .. } => FailureKind::AlreadyExists,
             ImportError::TimedOut { .. } => FailureKind::TimedOut,
             ImportError::Cancelled { .. } => FailureKind::Cancelled,
-            ImportError::Step { .. } => FailureKind::StepFailed,
+            ImportError::Step { .. } | ImportError::JailsMissing { .. } | ImportError::Ready { .. } => FailureKind::StepFailed,
         }
     }
 }

@@ -50,7 +50,7 @@ pub enum StepError {
     },
 
     #[error(
-        "dataset {dataset} already exists; this import creates only new datasets, so destroy it (zfs destroy -r {dataset}) or choose another template name"
+        "dataset {dataset} already exists, so this import left it untouched; another import may have created it a moment ago, so choose another name unless you know it is an unfinished leftover"
     )]
     DatasetExists { dataset: String },
 }

@@ -18,4 +18,4 @@ pub use rsync::{
     DatasetProperty, copy, create_command, create_dataset, exists_command, mountpoint_command, rsync_command,
     dataset_exists, read_mountpoint,
 };
-pub use snapshot::{referenced_command, snapshot, snapshot_command, BASE_SNAPSHOT};
+pub use snapshot::{BASE_SNAPSHOT, base_exists_command, has_base_snapshot, referenced_command, snapshot, snapshot_command};

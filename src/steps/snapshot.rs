@@ -1,7 +1,7 @@
 //! Snapshot: `zfs snapshot <dataset>@base`, then a best-effort read of its size.
 
 use super::context::{StepContext, StepError, Tools, last_nonempty, run_step_command};
-use crate::exec::Command;
+use crate::exec::{Command, ExecError};
 use crate::names::Dataset;
 
 /// The snapshot sandboxes are cloned from. A template is ready exactly when it exists.
@@ -33,6 +33,22 @@ pub async fn snapshot(context: StepContext<'_>, dataset: &Dataset) -> Result<(St
     Ok((snapshot, size))
 }
 
+/// Builds `zfs list` of the `@base` snapshot, which fails when it does not exist.
+pub fn base_exists_command(tools: &Tools, dataset: &Dataset) -> Command {
+    Command::new(&tools.zfs)
+        .args(["list", "-H", "-o", "name", "-t", "snapshot"])
+        .arg(dataset.snapshot(BASE_SNAPSHOT))
+}
+
+/// Tells whether `dataset@base` exists, which makes the dataset a ready template.
+pub async fn has_base_snapshot(context: StepContext<'_>, dataset: &Dataset) -> Result<bool, StepError> {
+    match run_step_command(context, &base_exists_command(context.tools, dataset), false).await {
+        Ok(_) => Ok(true),
+        Err(ExecError::Failed { stderr_tail, .. }) if stderr_tail.iter().any(|line| line.contains("does not exist")) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +60,16 @@ mod tests {
         let command = snapshot_command(&Tools::default(), &dataset);
 
         assert_eq!(command.arg_strings(), ["snapshot", "zroot/jails/web-template@base"]);
+    }
+
+    #[test]
+    fn base_exists_argv_lists_the_snapshot() {
+        let dataset = Dataset::parse("zroot/jails/web-template").unwrap();
+
+        assert_eq!(
+            base_exists_command(&Tools::default(), &dataset).arg_strings(),
+            ["list", "-H", "-o", "name", "-t", "snapshot", "zroot/jails/web-template@base"]
+        );
     }
 
     #[test]

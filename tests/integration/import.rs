@@ -12,6 +12,8 @@ use crate::tree::Tree;
 struct ImportRun {
     output: std::process::Output,
     lines: Vec<Value>,
+    /// The final `{"result": ...}` object, present after a success.
+    result: Option<Value>,
     description: String,
 }
 
@@ -19,13 +21,16 @@ impl ImportRun {
     fn start(name: &str, from: &str) -> Self {
         let args = ["import", "--json", name, from];
         let output = run(coppice_bin(), &args);
-        let lines = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|line| line.starts_with('{'))
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
-            .collect();
         let description = describe(&coppice_bin(), &args, &output);
-        Self { output, lines, description }
+        let mut lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line {line:?} is not JSON ({e})\n{description}")))
+            .collect();
+        let result = lines.last().and_then(|line| line.get("result")).cloned();
+        if result.is_some() {
+            lines.pop();
+        }
+        Self { output, lines, result, description }
     }
 
     fn succeeded(&self) -> bool {
@@ -81,8 +86,10 @@ fn import_matches_image_and_leaves_nothing() {
     let import = ImportRun::start(&name, &format!("oci:{}", env.image));
 
     assert!(import.succeeded(), "{}", import.description);
-    let stdout = String::from_utf8_lossy(&import.output.stdout);
-    assert!(stdout.contains(&format!("snapshot {}@base", guard.dataset)), "{}", import.description);
+    let result = import.result.as_ref().unwrap_or_else(|| panic!("no result line\n{}", import.description));
+    assert_eq!(result["snapshot"], format!("{}@base", guard.dataset));
+    assert_eq!(result["template"], name.as_str());
+    assert!(result["sizeBytes"].as_u64().unwrap() > 0, "{result}");
     assert!(dataset_exists(&format!("{}@base", guard.dataset)));
     assert_no_leftovers(&import);
 
@@ -154,7 +161,11 @@ fn second_import_of_a_name_is_rejected_before_pull() {
     assert!(!second.succeeded(), "{}", second.description);
     assert!(second.stderr().contains("already exists"), "{}", second.description);
     let commands: Vec<String> = second.lines.iter().filter_map(|line| line["text"].as_str()).filter(|t| t.starts_with("$ ")).map(str::to_owned).collect();
-    assert_eq!(commands, [format!("$ zfs list -H -o name {}", guard.dataset)], "only the existence check may run");
+    assert_eq!(
+        commands,
+        [format!("$ zfs list -H -o name {}", env.jails), format!("$ zfs list -H -o name {}", guard.dataset)],
+        "only the existence checks may run"
+    );
     assert!(dataset_exists(&format!("{}@base", guard.dataset)), "the existing template was touched");
 }
 
@@ -219,4 +230,62 @@ fn invalid_name_is_rejected_before_any_command() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("\"Bad.Name\""), "{stderr}");
     assert!(output.stdout.is_empty(), "something ran: {}", String::from_utf8_lossy(&output.stdout));
+}
+
+#[test]
+fn missing_jails_dataset_fails_before_pull() {
+    let env = test_env();
+    let jails = format!("{}/{}", env.jails, unique_name("it-nojails"));
+    let args = ["--jails-dataset", jails.as_str(), "import", "--json", "nojails", "oci:127.0.0.1:5000/coppice/sample:14"];
+
+    let output = run(coppice_bin(), &args);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&coppice_bin(), &args, &output));
+    assert!(stderr.contains(&format!("jails dataset {jails} does not exist")), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("buildah"), "the import went on to buildah");
+}
+
+#[test]
+fn cleanup_refuses_a_ready_template() {
+    let env = test_env();
+    let name = unique_name("it-ready");
+    let guard = TemplateGuard::new(&env, &name);
+    run_ok("zfs", &["create", &guard.dataset]);
+    run_ok("zfs", &["snapshot", &format!("{}@base", guard.dataset)]);
+
+    let output = run(coppice_bin(), &["step", "cleanup", "--destroy", &name]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is ready"), "{stderr}");
+    assert!(dataset_exists(&format!("{}@base", guard.dataset)), "cleanup destroyed a ready template");
+}
+
+#[test]
+fn single_steps_chain_into_a_template() {
+    let env = test_env();
+    let name = unique_name("it-steps");
+    let guard = TemplateGuard::new(&env, &name);
+    let result = |args: &[&str]| -> Value {
+        let stdout = run_ok(coppice_bin(), args);
+        let last = stdout.lines().last().unwrap_or_default().to_owned();
+        serde_json::from_str::<Value>(&last).unwrap_or_else(|e| panic!("{last:?}: {e}"))["result"].clone()
+    };
+    let from = format!("oci:{}", env.image);
+
+    let image = result(&["step", "pull", "--json", &from]);
+    let mounted = result(&["step", "mount", "--json", image["image"].as_str().unwrap()]);
+    let container = mounted["container"].as_str().unwrap().to_owned();
+    let copied = result(&["step", "rsync", "--json", "--from", &from, &name, mounted["path"].as_str().unwrap()]);
+    let snapshot = result(&["step", "snapshot", "--json", &name]);
+    let cleaned = result(&["step", "cleanup", "--json", "--container", &container]);
+    let listed = result(&["step", "reload", "--json"]);
+
+    assert_eq!(copied["dataset"], guard.dataset.as_str());
+    assert_eq!(snapshot["snapshot"], format!("{}@base", guard.dataset));
+    assert_eq!(cleaned["removedContainer"], container.as_str());
+    assert!(!buildah_containers().contains(&container), "container {container} left behind");
+    let names: Vec<&str> = listed["templates"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(names.contains(&name.as_str()), "{name} not in {names:?}");
 }
