@@ -117,12 +117,15 @@ fn parse_settings(args: &[String]) -> Result<Settings, String> {
     Ok(settings)
 }
 
+/// One part of the benchmark: runs its measurements and returns its table rows.
+type Part = fn(&Settings) -> Vec<Row>;
+
 fn run(settings: &Settings) -> ExitCode {
     let started = std::time::Instant::now();
     let mut rows: Vec<Row> = Vec::new();
     // The import runs last: zfs-fuse goes on flushing and destroying its datasets for a
     // while after it, which would slow whatever came next. The table keeps part order.
-    let parts: [(&str, fn(&Settings) -> Vec<Row>); 5] =
+    let parts: [(&str, Part); 5] =
         [("ingest", ingest::run), ("sse", sse::run), ("logs", queries::run), ("memory", memory::run), ("e2e", e2e::run)];
     for (name, part) in parts {
         if settings.wants(name) {
@@ -136,10 +139,10 @@ fn run(settings: &Settings) -> ExitCode {
     let mode = if settings.quick { "quick" } else { "full" };
     let summary = format!("{mode} run in {:.0} s: {misses} of the targets missed", started.elapsed().as_secs_f64());
     println!("\n{table}\n{summary}");
-    if let Some(out) = &settings.out {
-        if let Err(error) = std::fs::write(out, format!("{table}\n{summary}\n")) {
-            eprintln!("system benchmark: failed to write {}: {error}", out.display());
-        }
+    if let Some(out) = &settings.out
+        && let Err(error) = std::fs::write(out, format!("{table}\n{summary}\n"))
+    {
+        eprintln!("system benchmark: failed to write {}: {error}", out.display());
     }
     ExitCode::SUCCESS
 }
