@@ -25,13 +25,13 @@ use std::process::{Command, ExitCode};
 
 use report::{Row, Verdict, render};
 
-/// What the run measures and how much.
+/// The parts to run, their size, and the binary they measure.
 pub struct Settings {
     pub quick: bool,
     /// Overrides the number of runs of each measurement.
     pub runs: Option<usize>,
     pub parts: Vec<String>,
-    /// Where to write the table besides stdout.
+    /// A file to write the table to besides stdout.
     pub out: Option<PathBuf>,
     /// The release `coppice` binary to run.
     pub coppice: PathBuf,

@@ -5,7 +5,7 @@
 //! log, and with a byte cap below what 10,000 lines are charged, where the byte cap
 //! does. The target is that resident memory above the idle server's stays within
 //! retained jobs × byte cap. The table also shows the memory per charged byte, which
-//! tells how well [`coppice::jobs::line_cost`] accounts for a line.
+//! shows how well [`coppice::jobs::line_cost`] accounts for a line.
 
 use std::time::Duration;
 

@@ -66,7 +66,7 @@ fn against_health(settings: &Settings, runtime: &tokio::runtime::Runtime, durati
         if status == 200 { "/healthz" } else { "/templates" }
     });
     let logs = format!("/templates/builds/{}/logs?limit=200&since={}", loaded.job, loaded.middle_ts);
-    // The same route with one line in the answer: what the route costs apart from the
+    // The same route with one line in the response: what the route costs apart from the
     // 200 lines it serializes and sends.
     let one_line = format!("/templates/builds/{}/logs?limit=1&since={}", loaded.job, loaded.middle_ts);
     let response_bytes = runtime.block_on(async {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-/// The middle value; the mean of the two middle values for an even count.
+/// Returns the middle value, or the mean of the two middle values for an even count.
 pub fn median(samples: &[f64]) -> f64 {
     let sorted = sorted(samples);
     let n = sorted.len();
@@ -12,7 +12,7 @@ pub fn median(samples: &[f64]) -> f64 {
     if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
 }
 
-/// The value below which `fraction` of the samples lie (nearest rank).
+/// Returns the value below which `fraction` of the samples lie (nearest rank).
 pub fn percentile(samples: &[f64], fraction: f64) -> f64 {
     let sorted = sorted(samples);
     if sorted.is_empty() {
@@ -65,7 +65,7 @@ pub struct Row {
 }
 
 impl Row {
-    /// A row summarising `samples` shown with `format`, such as `|v| format!("{v:.2} s")`.
+    /// Builds a row summarising `samples` shown with `format`, such as `|v| format!("{v:.2} s")`.
     pub fn from_samples(part: &'static str, measurement: impl Into<String>, samples: &[f64], format: impl Fn(f64) -> String) -> Self {
         let (low, high) = spread(samples);
         Self {
@@ -98,7 +98,7 @@ impl Row {
     }
 }
 
-/// The smallest and largest sample.
+/// Returns the smallest and largest sample.
 pub fn spread(samples: &[f64]) -> (f64, f64) {
     let sorted = sorted(samples);
     match (sorted.first(), sorted.last()) {

@@ -26,7 +26,7 @@ pub struct ServeLimits {
 }
 
 impl Default for ServeLimits {
-    /// The defaults of `coppice serve`.
+    /// Returns the defaults of `coppice serve`.
     fn default() -> Self {
         Self { log_lines: 10_000, log_bytes: 16 * 1024 * 1024, retained_jobs: 100, max_concurrent_builds: 2 }
     }
@@ -96,7 +96,7 @@ impl Server {
         self.child.id()
     }
 
-    /// A `kB` field of the server's /proc status, such as `VmRSS:` or `VmHWM:`.
+    /// Reads a `kB` field of the server's /proc status, such as `VmRSS:` or `VmHWM:`.
     pub fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
@@ -171,7 +171,7 @@ fn free_loopback_address() -> SocketAddr {
     listener.local_addr().expect("the bound address")
 }
 
-/// Writes the stand-in tools. They answer exactly the commands that the import, the
+/// Writes the stand-in tools. They handle exactly the commands that the import, the
 /// health check and the start-up sweep run; the rsync execs the generator with the
 /// arguments in rsync.args.
 fn write_tools(dir: &Path) {

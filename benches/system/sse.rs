@@ -21,7 +21,7 @@ use crate::server::{ServeLimits, Server, connect, job_seconds, runtime, submit, 
 const P99_TARGET_MS: f64 = 50.0;
 const DURATION_RATIO_TARGET: f64 = 1.1;
 
-/// What one client saw.
+/// The lines one client received and its checks of them.
 #[derive(Default)]
 struct Seen {
     lines: u64,
