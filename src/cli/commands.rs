@@ -161,8 +161,8 @@ async fn step_rsync(
     let context = runner.enter(Step::Rsync);
     runner.step(Step::Rsync, steps::create_dataset(context, &dataset, &properties)).await?;
 
-    // A single step leaves what it made for the operator to inspect, so say how to
-    // remove it.
+    // A single step leaves what it made for the operator to inspect, so the error
+    // names the command that removes it.
     let copied = async {
         let mountpoint = runner.step(Step::Rsync, steps::read_mountpoint(context, &dataset)).await?;
         runner.step(Step::Rsync, steps::copy(context, mount_path, &mountpoint)).await?;

@@ -35,7 +35,7 @@ pub async fn serve(config: ImportConfig, args: ServeArgs) -> ExitCode {
     }
 
     // A missing tool does not stop the server (it may be installed later), but builds
-    // would fail after minutes of work, so say so now.
+    // would fail after minutes of work, so the warning comes now.
     let health = coppice::health::probe(&config.tools, &config.jails).await;
     if !health.is_ok() {
         tracing::warn!(problems = %health.problems().join("; "), "a tool the builds need is not usable; builds will fail until it is fixed");

@@ -20,7 +20,7 @@ fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
-/// A buildah whose `pull` hangs and ignores SIGTERM; every other subcommand is the real one.
+/// Writes a buildah whose `pull` hangs and ignores SIGTERM. Every other subcommand runs the real one.
 fn hanging_pull_buildah(dir: &Path) -> PathBuf {
     let real = which("buildah");
     write_script(
@@ -30,7 +30,7 @@ fn hanging_pull_buildah(dir: &Path) -> PathBuf {
     )
 }
 
-/// An rsync limited to 2 MB/s, so that the copy of the sample image takes many seconds.
+/// Writes an rsync limited to 2 MB/s, so that the copy of the sample image takes many seconds.
 fn slow_rsync(dir: &Path) -> PathBuf {
     let real = which("rsync");
     write_script(dir, "rsync", &format!("exec {real} --bwlimit=2000 \"$@\""))
@@ -179,7 +179,7 @@ fn sigterm_during_pull_cancels_and_exits_nonzero() {
 }
 
 #[test]
-fn sigint_during_rsync_cleans_up_and_name_is_reusable() {
+fn sigint_during_rsync_cleans_up() {
     let env = test_env();
     let dir = tempfile::tempdir().unwrap();
     let rsync = slow_rsync(dir.path());
