@@ -382,3 +382,38 @@ async fn templates_made_or_destroyed_outside_show_at_once() {
     let job = server.wait_finished(&job_id(&accepted.json())).await;
     assert_eq!(job["status"], "succeeded", "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_the_job_and_frees_space() {
+    let env = test_env();
+    let jails = format!("{}/{}", env.jails, unique_name("life-quota"));
+    crate::support::run_ok("zfs", &["create", "-o", "quota=24M", &jails]);
+    let _jails_guard = QuotaGuard(jails.clone());
+    let mut config = import_config(&env);
+    config.jails = coppice::names::Dataset::parse(&jails).unwrap();
+    let server = TestServer::start_with(config, JobsConfig::default()).await;
+    let name = unique_name("life-full");
+
+    let id = job_id(&server.submit("/templates/build", &name, &env.image).await.json());
+    let job = server.wait_finished(&id).await;
+
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("step rsync failed"), "{error}");
+    assert!(error.contains("Disk quota exceeded") || error.contains("No space left"), "{error}");
+    assert!(!dataset_exists(&format!("{jails}/{name}-template")), "the failed dataset was left");
+    assert_no_container(&id);
+    let used = || -> u64 {
+        crate::support::run_ok("zfs", &["get", "-Hp", "-o", "value", "used", &jails]).trim().parse().unwrap()
+    };
+    wait_until(|| used() < 1024 * 1024, Duration::from_secs(20)).await;
+}
+
+/// Destroys the quota-limited jails dataset of a test, with everything under it.
+struct QuotaGuard(String);
+
+impl Drop for QuotaGuard {
+    fn drop(&mut self) {
+        crate::support::destroy_dataset(&self.0);
+    }
+}
