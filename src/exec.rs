@@ -414,6 +414,8 @@ struct PipeReader<'a> {
     log_stdout: bool,
     stdout: Vec<String>,
     stderr_tail: VecDeque<String>,
+    /// Lines of the current read, handed to the sink together.
+    batch: Vec<(Stream, String)>,
 }
 
 impl<'a> PipeReader<'a> {
@@ -426,27 +428,30 @@ impl<'a> PipeReader<'a> {
             log_stdout,
             stdout: Vec::new(),
             stderr_tail: VecDeque::with_capacity(STDERR_TAIL_LINES),
+            batch: Vec::new(),
         }
     }
 
     fn push(&mut self, stream: Stream, bytes: &[u8]) {
-        let Self { log, stdout_split, stderr_split, capture_stdout, log_stdout, stdout, stderr_tail } = self;
+        let Self { log, stdout_split, stderr_split, capture_stdout, log_stdout, stdout, stderr_tail, batch } = self;
         let splitter = match stream {
             Stream::Stdout => stdout_split,
             Stream::Stderr => stderr_split,
         };
         let keep = Keep { capture_stdout: *capture_stdout, log_stdout: *log_stdout };
-        splitter.push(bytes, |line| deliver(*log, stream, line, keep, stdout, stderr_tail));
+        splitter.push(bytes, |line| deliver(stream, line, keep, stdout, stderr_tail, batch));
+        log.stamper.emit_all(log.step, std::mem::take(batch));
     }
 
     fn finish(&mut self, stream: Stream) {
-        let Self { log, stdout_split, stderr_split, capture_stdout, log_stdout, stdout, stderr_tail } = self;
+        let Self { log, stdout_split, stderr_split, capture_stdout, log_stdout, stdout, stderr_tail, batch } = self;
         let splitter = match stream {
             Stream::Stdout => stdout_split,
             Stream::Stderr => stderr_split,
         };
         let keep = Keep { capture_stdout: *capture_stdout, log_stdout: *log_stdout };
-        splitter.finish(|line| deliver(*log, stream, line, keep, stdout, stderr_tail));
+        splitter.finish(|line| deliver(stream, line, keep, stdout, stderr_tail, batch));
+        log.stamper.emit_all(log.step, std::mem::take(batch));
     }
 
     fn into_result(
@@ -479,12 +484,12 @@ struct Keep {
 }
 
 fn deliver(
-    log: StepLog<'_>,
     stream: Stream,
     line: String,
     keep: Keep,
     stdout: &mut Vec<String>,
     stderr_tail: &mut VecDeque<String>,
+    batch: &mut Vec<(Stream, String)>,
 ) {
     match stream {
         Stream::Stdout if !keep.log_stdout => {
@@ -502,7 +507,7 @@ fn deliver(
             stderr_tail.push_back(line.clone());
         }
     }
-    log.emit(stream, line);
+    batch.push((stream, line));
 }
 
 /// Signals the child's process group, and kills it if the run is abandoned midway.

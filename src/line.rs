@@ -105,6 +105,14 @@ fn serialize_ts<S: Serializer>(ts: &DateTime<Utc>, serializer: S) -> Result<S::O
 pub trait LineSink: Send + Sync {
     fn line(&self, line: LogLine);
 
+    /// Takes the lines of one read at once, in `seq` order. A sink that locks or
+    /// notifies per call overrides this to do so once per batch.
+    fn lines(&self, lines: Vec<LogLine>) {
+        for line in lines {
+            self.line(line);
+        }
+    }
+
     /// Called when the runner enters a step, before the step's first command.
     fn step_started(&self, _step: Step, _at: DateTime<Utc>) {}
 }
@@ -120,6 +128,19 @@ impl LineSink for DiscardSink {
 struct StampState {
     seq: u64,
     last: Option<DateTime<Utc>>,
+}
+
+impl StampState {
+    /// Gives a line the next `seq` and a timestamp after the previous line's.
+    fn stamp(&mut self, step: Step, stream: Stream, text: String, now: DateTime<Utc>) -> LogLine {
+        let ts = match self.last {
+            Some(last) if now <= last => last + TimeDelta::microseconds(1),
+            _ => now,
+        };
+        self.last = Some(ts);
+        self.seq += 1;
+        LogLine { ts, source: SOURCE.to_owned(), stream, text, step, seq: self.seq }
+    }
 }
 
 /// Stamps lines of one import with a sequence number and a strictly increasing
@@ -152,22 +173,22 @@ impl<'a> LineStamper<'a> {
     pub fn emit(&self, step: Step, stream: Stream, text: String) {
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 
-        let now = truncate_to_micros(Utc::now());
-        let ts = match state.last {
-            Some(last) if now <= last => last + TimeDelta::microseconds(1),
-            _ => now,
-        };
-        state.last = Some(ts);
-        state.seq += 1;
+        let line = state.stamp(step, stream, text, truncate_to_micros(Utc::now()));
+        self.sink.line(line);
+    }
 
-        self.sink.line(LogLine {
-            ts,
-            source: SOURCE.to_owned(),
-            stream,
-            text,
-            step,
-            seq: state.seq,
-        });
+    /// Stamps the lines of one read and hands them to the sink as one batch. They were
+    /// read at one instant, so one clock reading serves them all, each a microsecond
+    /// after the one before.
+    pub fn emit_all(&self, step: Step, texts: Vec<(Stream, String)>) {
+        if texts.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+
+        let now = truncate_to_micros(Utc::now());
+        let lines = texts.into_iter().map(|(stream, text)| state.stamp(step, stream, text, now)).collect();
+        self.sink.lines(lines);
     }
 
     pub fn step_started(&self, step: Step) {
@@ -203,6 +224,23 @@ mod tests {
         let lines = sink.0.into_inner().unwrap();
         assert_eq!(lines.len(), 10_000);
         assert_eq!(lines[0].seq, 1);
+        for pair in lines.windows(2) {
+            assert!(pair[0].ts < pair[1].ts, "{:?} !< {:?}", pair[0].ts, pair[1].ts);
+            assert_eq!(pair[0].seq + 1, pair[1].seq);
+        }
+    }
+
+    #[test]
+    fn batch_stamps_continue_the_sequence() {
+        let sink = Collect(Mutex::new(Vec::new()));
+        let stamper = LineStamper::new(&sink);
+
+        stamper.emit(Step::Pull, Stream::Stderr, "$ cmd".to_owned());
+        stamper.emit_all(Step::Pull, (0..100).map(|i| (Stream::Stdout, format!("line {i}"))).collect());
+        stamper.emit(Step::Pull, Stream::Stderr, "after".to_owned());
+
+        let lines = sink.0.into_inner().unwrap();
+        assert_eq!(lines.len(), 102);
         for pair in lines.windows(2) {
             assert!(pair[0].ts < pair[1].ts, "{:?} !< {:?}", pair[0].ts, pair[1].ts);
             assert_eq!(pair[0].seq + 1, pair[1].seq);

@@ -36,6 +36,10 @@ impl LineSink for BufferSink<'_> {
     fn line(&self, line: LogLine) {
         self.0.push(line);
     }
+
+    fn lines(&self, lines: Vec<LogLine>) {
+        self.0.push_all(lines);
+    }
 }
 
 /// Runs the generator through the executor into a default-sized log buffer.

@@ -210,17 +210,29 @@ impl LogBuffer {
     /// Appends a line, evicting the oldest ones over the limits. `line.seq` must be one
     /// more than the previous line's, as [`crate::line::LineStamper`] hands them out.
     pub fn push(&self, line: LogLine) {
-        let seq = line.seq;
-        let mut retained = self.lock();
-        debug_assert!(retained.lines.back().is_none_or(|last| last.seq + 1 == seq), "log lines must arrive in seq order without gaps");
+        self.push_all(vec![line]);
+    }
 
-        retained.bytes += line_cost(&line) + json_cost(&None);
-        retained.lines.push_back(line);
-        retained.json.push_back(None);
+    /// Appends the lines of one read under one lock, and wakes followers once.
+    pub fn push_all(&self, lines: Vec<LogLine>) {
+        let Some(last_seq) = lines.last().map(|line| line.seq) else {
+            return;
+        };
+        let mut retained = self.lock();
+
+        for line in lines {
+            debug_assert!(
+                retained.lines.back().is_none_or(|last| last.seq + 1 == line.seq),
+                "log lines must arrive in seq order without gaps"
+            );
+            retained.bytes += line_cost(&line) + json_cost(&None);
+            retained.lines.push_back(line);
+            retained.json.push_back(None);
+        }
         self.evict_over_limits(&mut retained);
 
-        // Updated under the lock so that followers see `last_seq` only once the line is readable.
-        self.progress.send_modify(|progress| progress.last_seq = seq);
+        // Updated under the lock so that followers see `last_seq` only once the lines are readable.
+        self.progress.send_modify(|progress| progress.last_seq = last_seq);
     }
 
     /// Marks the log complete. Followers drain what is left and then see the end.

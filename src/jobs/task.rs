@@ -24,6 +24,10 @@ impl LineSink for JobSink<'_> {
         self.job.log().push(line);
     }
 
+    fn lines(&self, lines: Vec<LogLine>) {
+        self.job.log().push_all(lines);
+    }
+
     fn step_started(&self, step: Step, _at: DateTime<Utc>) {
         self.job.set_step(step);
         self.registry.record(self.job);
