@@ -107,6 +107,16 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::InvalidName,
+        FailureKind::AlreadyExists,
+        FailureKind::TimedOut,
+        FailureKind::Cancelled,
+        FailureKind::Interrupted,
+        FailureKind::StepFailed,
+        FailureKind::Internal,
+    ];
+
     pub fn of(error: &ImportError) -> Self {
         match error {
             ImportError::InvalidName(_) => FailureKind::InvalidName,

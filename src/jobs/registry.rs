@@ -234,7 +234,7 @@ impl JobRegistry {
         }
         tracing::info!(jobs = active.len(), "shutting down: stopping queued and running jobs");
 
-        let all_finished = futures_join_all(active.iter().map(|job| job.finished()));
+        let all_finished = wait_for_all(active.iter().map(|job| job.finished()));
         if tokio::time::timeout(timeout, all_finished).await.is_err() {
             let left: Vec<JobId> = active.iter().filter(|job| !job.status().is_finished()).map(|job| job.id()).collect();
             tracing::warn!(jobs = ?left.iter().map(ToString::to_string).collect::<Vec<_>>(), timeout_secs = timeout.as_secs(), "jobs still stopping at the shutdown deadline");
@@ -348,8 +348,8 @@ async fn dispatch(registry: Weak<JobRegistry>, mut queue: mpsc::UnboundedReceive
     }
 }
 
-/// Waits for every future; a small stand-in for `futures::future::join_all`.
-async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) {
+/// Waits for every future in turn, which ends when the slowest one has.
+async fn wait_for_all<F: Future>(futures: impl Iterator<Item = F>) {
     for future in futures {
         future.await;
     }

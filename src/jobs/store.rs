@@ -606,17 +606,7 @@ fn failure_name(kind: FailureKind) -> &'static str {
 }
 
 fn parse_failure(value: &str) -> Option<FailureKind> {
-    [
-        FailureKind::InvalidName,
-        FailureKind::AlreadyExists,
-        FailureKind::TimedOut,
-        FailureKind::Cancelled,
-        FailureKind::Interrupted,
-        FailureKind::StepFailed,
-        FailureKind::Internal,
-    ]
-    .into_iter()
-    .find(|kind| failure_name(*kind) == value)
+    FailureKind::ALL.into_iter().find(|kind| failure_name(*kind) == value)
 }
 
 fn parse_step(value: &str) -> Option<Step> {
@@ -1008,15 +998,7 @@ mod tests {
 
     #[test]
     fn failure_names_round_trip() {
-        for kind in [
-            FailureKind::InvalidName,
-            FailureKind::AlreadyExists,
-            FailureKind::TimedOut,
-            FailureKind::Cancelled,
-            FailureKind::Interrupted,
-            FailureKind::StepFailed,
-            FailureKind::Internal,
-        ] {
+        for kind in FailureKind::ALL {
             assert_eq!(parse_failure(failure_name(kind)), Some(kind));
         }
     }
