@@ -2,13 +2,13 @@
 //!
 //! Every step of the import runs its CLIs through [`run`]. The child gets stdin from
 //! /dev/null and its own process group, so a timeout or a cancel can signal everything
-//! it started. Both pipes are read in one loop, each chunk is split into lines as it
-//! arrives, and each line is stamped and handed to the sink before the next read.
+//! it started. Both pipes are read in one loop. Each chunk is split into lines as it
+//! arrives, and its lines are stamped and handed to the sink before the next read.
 //!
 //! The loop reads the pipes with tokio directly rather than through
-//! tokio-process-stream: its 0.4.1 line stream panics on invalid UTF-8, treats a lone
-//! `\r` as part of a line, and reports the exit only after both pipes close, which a
-//! grandchild holding a pipe can delay forever. Owning the loop lets the executor stop
+//! tokio-process-stream. The line stream of tokio-process-stream 0.4.1 panics on
+//! invalid UTF-8 and treats a lone `\r` as part of a line. It also reports the exit
+//! only after both pipes close, which a grandchild keeping a pipe open can delay forever. Owning the loop lets the executor stop
 //! waiting for pipes a bounded time after the child exits.
 
 use std::collections::VecDeque;
@@ -83,7 +83,7 @@ impl Command {
         &self.program
     }
 
-    /// The argv after the program, as strings (lossy), for tests and matching.
+    /// Returns the arguments after the program as strings (lossy), for tests and matching.
     pub fn arg_strings(&self) -> Vec<String> {
         self.args
             .iter()
@@ -111,7 +111,7 @@ impl fmt::Display for Command {
     }
 }
 
-/// How a child process ended.
+/// Exit outcome of a child process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Outcome {
@@ -150,7 +150,7 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Why the executor stopped a command before it finished on its own.
+/// Reason the executor stopped a command before it finished on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StopReason {
     TimedOut,
@@ -198,7 +198,7 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    /// The last stderr lines of the command, oldest first (empty when it never ran).
+    /// Returns the last stderr lines of the command, oldest first (empty when it never ran).
     pub fn stderr_tail(&self) -> &[String] {
         match self {
             ExecError::Spawn { .. } | ExecError::Read { .. } => &[],
@@ -361,8 +361,8 @@ pub async fn run(command: &Command, log: StepLog<'_>, options: &RunOptions) -> R
                 kill_at = None;
             }
             () = sleep_until_opt(pipes_deadline) => {
-                // The child is gone but something it started still holds a pipe open.
-                log.emit(Stream::Stderr, "coppice: stopped reading output: the command exited but a process it started still holds its output pipe");
+                // The child has exited, but a process it started keeps a pipe open.
+                log.emit(Stream::Stderr, "coppice: stopped reading output: the command exited, but a process it started still holds its output pipe");
                 reader.finish(Stream::Stdout);
                 reader.finish(Stream::Stderr);
                 break;
@@ -476,7 +476,7 @@ impl<'a> PipeReader<'a> {
     }
 }
 
-/// Where stdout lines go besides the sink.
+/// Routing of stdout lines: captured for the caller, sent to the sink, or both.
 #[derive(Clone, Copy)]
 struct Keep {
     capture_stdout: bool,

@@ -146,8 +146,8 @@ impl StampState {
 /// Stamps lines of one import with a sequence number and a strictly increasing
 /// timestamp, and passes them to the sink.
 ///
-/// Stamping and delivery happen under one lock so that the sink sees lines in
-/// `seq` order even when two commands of one import ever ran at once.
+/// Stamping and delivery happen under one lock, so the sink receives lines in `seq`
+/// order even if two commands of one import ran at once.
 pub struct LineStamper<'a> {
     state: Mutex<StampState>,
     sink: &'a dyn LineSink,

@@ -107,7 +107,8 @@ fn cat_run(lines: u64, mode: Mode) -> f64 {
     let mut cat = Command::new("cat").stdin(reader).stdout(devnull).spawn().expect("start cat");
     let status = generator(lines, mode).stdout(writer).stderr(writer_copy).status().expect("start the generator");
     let cat_status = cat.wait().expect("wait for cat");
-    assert!(status.success() && cat_status.success(), "the generator or cat failed: {status}, {cat_status}");
+    assert!(status.success(), "the generator failed: {status}");
+    assert!(cat_status.success(), "cat failed: {cat_status}");
     started.elapsed().as_secs_f64()
 }
 
@@ -120,7 +121,7 @@ fn executor_run(lines: u64, mode: Mode) -> IngestResult {
     serde_json::from_slice(&output.stdout).expect("child ingest prints one JSON object")
 }
 
-/// How the generator writes.
+/// Write pattern of the generator.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// One `write(2)` per line, as `println!` and `eprintln!` do.

@@ -256,8 +256,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COPPICE_LOG_LINES", value_name = "COUNT", default_value_t = DEFAULT_MAX_LINES, value_parser = parse_count)]
     pub log_lines: usize,
 
-    /// Log memory kept per job, in bytes (each line's estimated heap size: the line
-    /// itself and the allocations of its text); the oldest lines are dropped beyond this.
+    /// Log memory kept per job, in bytes, counted as each line's estimated heap size
+    /// (the line and the allocations of its text). The oldest lines are dropped beyond this.
     #[arg(long, env = "COPPICE_LOG_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES, value_parser = parse_count)]
     pub log_bytes: usize,
 

@@ -24,7 +24,7 @@ impl Collect {
             .collect()
     }
 
-    /// The output lines, without the `$ command` line the executor logs first.
+    /// Returns the output lines, without the `$ command` line the executor logs first.
     fn output(&self, stream: Stream) -> Vec<String> {
         let mut texts = self.texts(stream);
         if stream == Stream::Stderr && !texts.is_empty() {

@@ -13,7 +13,7 @@ use crate::line::Step;
 use crate::names::{ImageRef, TemplateName};
 use crate::steps::Template;
 
-/// Why a job's cancel token was cancelled.
+/// Reason a job's cancel token was cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelReason {
     /// A client asked for it with `POST /templates/builds/:job_id/cancel`.

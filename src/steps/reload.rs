@@ -86,8 +86,8 @@ pub fn parse_templates(jails: &Dataset, rows: &[String]) -> Vec<Template> {
 }
 
 /// Lists the templates. The `zfs get` rows (three per dataset and snapshot under the
-/// jails dataset) are parsed but not logged, since on a busy pool they would crowd a
-/// job's bounded log; one summary line takes their place.
+/// jails dataset) are parsed but not logged, because on a busy pool they would crowd
+/// a job's bounded log. One summary line takes their place.
 pub async fn list_templates(context: StepContext<'_>, jails: &Dataset) -> Result<Vec<Template>, StepError> {
     let command = list_command(context.tools, jails);
     let options = RunOptions { log_stdout: false, ..context.options.clone() };

@@ -41,7 +41,7 @@ impl ImportRun {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
-    /// The texts of the lines of one step.
+    /// Returns the texts of the lines of one step.
     fn texts(&self, step: &str) -> Vec<String> {
         self.lines
             .iter()
@@ -50,7 +50,7 @@ impl ImportRun {
             .collect()
     }
 
-    /// The working container, read from the `$ buildah from ... --name NAME` line.
+    /// Returns the working container, read from the `$ buildah from ... --name NAME` line.
     fn container(&self) -> Option<String> {
         self.texts("mount").iter().find(|text| text.starts_with("$ buildah from")).and_then(|text| {
             let words: Vec<&str> = text.split_whitespace().collect();
@@ -59,7 +59,7 @@ impl ImportRun {
         })
     }
 
-    /// The path `buildah mount` printed.
+    /// Returns the path `buildah mount` printed.
     fn mount_path(&self) -> Option<String> {
         self.lines
             .iter()
@@ -149,7 +149,7 @@ fn templates_lists_the_import() {
 }
 
 #[test]
-fn second_import_of_a_name_is_rejected_before_pull() {
+fn second_import_rejected_before_pull() {
     let env = test_env();
     let name = unique_name("it-twice");
     let guard = TemplateGuard::new(&env, &name);

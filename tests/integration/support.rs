@@ -31,7 +31,7 @@ pub fn test_env() -> TestEnv {
     }
 }
 
-/// A template name no other test uses.
+/// Returns a template name no other test uses.
 pub fn unique_name(prefix: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &suffix[..12])
@@ -106,7 +106,7 @@ impl Drop for TemplateGuard {
     }
 }
 
-/// Names of the working containers buildah knows.
+/// Lists the names of the working containers buildah has.
 pub fn buildah_containers() -> Vec<String> {
     run_ok("buildah", &["containers", "--all", "--noheading", "--format", "{{.ContainerName}}"])
         .lines()
